@@ -1,0 +1,38 @@
+# LatentBridge: make install, make train, make test (see README.md)
+PY ?= .venv/bin/python
+PIP ?= .venv/bin/pip
+export HF_HUB_OFFLINE ?= 1
+
+.PHONY: install system-deps train test test-slow test-all lint format clean
+
+system-deps:  ## Debian packages: the mini dataset (needs root; skipped when already installed)
+	@if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then \
+		apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; fi
+
+install: system-deps  ## venv + pinned dependencies (offline on the dev machine) + the project, editable
+	test -x $(PY) || python3 -m venv .venv
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -c constraints.txt torch torchvision
+	$(PIP) install -q -c constraints.txt -e ".[dev]"
+
+train:  ## the main job: d1 on the offline mini setup (prepares and caches the mini teacher and codec once)
+	$(PY) train.py $(ARGS)
+
+test:  ## fast tests (< 10 min on 2 cores)
+	$(PY) -m pytest -q $(ARGS)
+
+test-slow:  ## the slow tests: DDP with 2 processes, end-to-end training
+	$(PY) -m pytest -q -m slow $(ARGS)
+
+test-all: test test-slow
+
+lint:
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+format:
+	$(PY) -m ruff format .
+	$(PY) -m ruff check --fix .
+
+clean:
+	rm -rf logs .pytest_cache .ruff_cache

@@ -1,0 +1,34 @@
+"""Preprocessing (paper 4.1, REFERENCE): Resize 256 + CenterCrop 256 for the codec; the teacher's own transform
+(bicubic resize, center crop, CLIP normalization) for C(x) of the uncompressed image."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from PIL import Image
+from torchvision import transforms as T
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Grey, palette, 16-bit and RGBA images -> RGB (alpha composited on black, 16-bit scaled to 8 bits)."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        img = img.point(lambda v: v / 256).convert("L")
+    return img.convert("RGB")
+
+
+def codec_transform(image_size: int) -> T.Compose:
+    """Image -> [0, 1] tensor of image_size x image_size for the codec (Resize + CenterCrop)."""
+    return T.Compose([T.Lambda(to_rgb), T.Resize(image_size), T.CenterCrop(image_size), T.ToTensor()])
+
+
+def teacher_transform(image_size: int, mean: Sequence[float], std: Sequence[float]) -> T.Compose:
+    """Image -> C's input: bicubic resize (short side), center crop, normalization."""
+    return T.Compose(
+        [
+            T.Lambda(to_rgb),
+            T.Resize(image_size, interpolation=T.InterpolationMode.BICUBIC),
+            T.CenterCrop(image_size),
+            T.ToTensor(),
+            T.Normalize(mean, std),
+        ]
+    )

@@ -1,0 +1,1 @@
+"""Framework glue for LatentBridge: errors, atomic IO and preparation of cached assets."""

@@ -1,0 +1,1 @@
+"""nn building blocks: codec adapters, vision encoder adapter, transform-neck, losses."""

@@ -1,0 +1,230 @@
+"""Codec adapters: one interface over compressai models (paper 3.2, Fig. 2: g_a, entropy model, g_s).
+
+Every adapter gives
+- ``latent(x)``: the quantized latent y_hat that is actually coded, and the likelihoods of y_hat (and z_hat),
+- ``synthesize(y_hat)``: x_hat = g_s(y_hat),
+- ``forward(x)``: compressai's own training forward (noisy quantization in train mode) for rate-distortion training.
+
+compressai's ``forward()`` does not return y_hat (CompressAI issue #329), so each family says how to get it.
+In eval mode compressai's quantizers round (around the predicted means where the family has them), which is
+exactly what ``compress()`` codes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, NamedTuple
+
+import torch
+from compressai.models import (
+    CompressionModel,
+    Elic2022Chandelier,
+    Elic2022Official,
+    MeanScaleHyperprior,
+    ScaleHyperprior,
+)
+from torch import Tensor, nn
+
+from latentbridge.errors import CheckpointError, ConfigError
+
+CHECKPOINT_FORMAT = "latentbridge-codec/1"
+
+
+class LatentOutput(NamedTuple):
+    """The coded latent and its likelihoods (``{"y": ..., "z": ...}``)."""
+
+    y_hat: Tensor
+    likelihoods: dict[str, Tensor]
+
+
+def bits_per_pixel(likelihoods: dict[str, Tensor], num_pixels: int) -> Tensor:
+    """R = -log2 p(y_hat|z_hat) - log2 p(z_hat), per pixel, averaged over the batch (paper 3.5)."""
+    batch = next(iter(likelihoods.values())).shape[0]
+    bits = sum(torch.log(lk.clamp_min(1e-9)).sum() for lk in likelihoods.values()) / -math.log(2)
+    return bits / (batch * num_pixels)
+
+
+class CodecAdapter(nn.Module):
+    """A compressai model behind the interface the rest of LatentBridge uses."""
+
+    stride: int = 16  # spatial downsampling from x to y_hat
+    pad_multiple: int = 64  # compressai hyperprior codecs need H, W divisible by 64
+
+    def __init__(self, model: CompressionModel, name: str, arch: dict[str, Any]) -> None:
+        super().__init__()
+        self.model = model
+        self.name = name
+        self.arch = dict(arch)
+
+    @property
+    def latent_channels(self) -> int:
+        return int(self.arch["M"])
+
+    def _latent(self, x: Tensor) -> LatentOutput:
+        raise NotImplementedError
+
+    def latent(self, x: Tensor) -> LatentOutput:
+        """x in [0, 1], (B, 3, H, W) with H, W multiples of 64 -> coded y_hat (B, M, H/16, W/16)."""
+        h, w = x.shape[-2:]
+        if h % self.pad_multiple or w % self.pad_multiple:
+            raise ValueError(f"codec '{self.name}' needs H and W divisible by {self.pad_multiple}, got {h}x{w}")
+        return self._latent(x)
+
+    def synthesize(self, y_hat: Tensor) -> Tensor:
+        """x_hat = g_s(y_hat), clamped to [0, 1]."""
+        return self.model.g_s(y_hat).clamp(0, 1)
+
+    def forward(self, x: Tensor) -> dict[str, Any]:
+        """compressai's forward: ``{"x_hat", "likelihoods"}`` (additive noise in train mode)."""
+        return self.model(x)
+
+    def aux_loss(self) -> Tensor:
+        """The entropy bottleneck's quantile loss (a sum: it scales with nothing but the model)."""
+        return self.model.aux_loss()
+
+
+class HyperpriorAdapter(CodecAdapter):
+    """Ballé et al. 2018 scale hyperprior (``bmshj2018-hyperprior``): y_hat = round(y)."""
+
+    def _latent(self, x: Tensor) -> LatentOutput:
+        m = self.model
+        y = m.g_a(x)
+        z_hat, z_lik = m.entropy_bottleneck(m.h_a(torch.abs(y)))
+        y_hat, y_lik = m.gaussian_conditional(y, m.h_s(z_hat))
+        return LatentOutput(y_hat, {"y": y_lik, "z": z_lik})
+
+
+class MeanScaleAdapter(CodecAdapter):
+    """Minnen et al. 2018 mean-scale hyperprior (``mbt2018-mean``, the mini codec): y_hat = round(y - mu) + mu."""
+
+    def _latent(self, x: Tensor) -> LatentOutput:
+        m = self.model
+        y = m.g_a(x)
+        z_hat, z_lik = m.entropy_bottleneck(m.h_a(y))
+        scales, means = m.h_s(z_hat).chunk(2, 1)
+        y_hat, y_lik = m.gaussian_conditional(y, scales, means=means)
+        return LatentOutput(y_hat, {"y": y_lik, "z": z_lik})
+
+
+class ElicAdapter(CodecAdapter):
+    """ELIC (He et al. 2022; paper 4.1): uneven channel groups + checkerboard context in a latent codec."""
+
+    def _latent(self, x: Tensor) -> LatentOutput:
+        out = self.model.latent_codec(self.model.g_a(x))
+        return LatentOutput(out["y_hat"], _flatten_likelihoods(out["likelihoods"]))
+
+
+def _flatten_likelihoods(lk: dict[str, Any], prefix: str = "") -> dict[str, Tensor]:
+    flat: dict[str, Tensor] = {}
+    for k, v in lk.items():
+        if isinstance(v, dict):
+            flat.update(_flatten_likelihoods(v, f"{prefix}{k}."))
+        else:
+            flat[f"{prefix}{k}"] = v
+    return flat
+
+
+@dataclass(frozen=True)
+class CodecSpec:
+    """How to build one codec family: compressai class, adapter, default architecture, zoo name."""
+
+    model_cls: Callable[..., CompressionModel]
+    adapter_cls: type[CodecAdapter]
+    arch: dict[str, Any] = field(default_factory=dict)
+    zoo: str | None = None
+
+
+CODECS: dict[str, CodecSpec] = {
+    "bmshj2018-hyperprior": CodecSpec(ScaleHyperprior, HyperpriorAdapter, {"N": 128, "M": 192}, "bmshj2018-hyperprior"),
+    "mbt2018-mean": CodecSpec(MeanScaleHyperprior, MeanScaleAdapter, {"N": 128, "M": 192}, "mbt2018-mean"),
+    "elic2022-official": CodecSpec(Elic2022Official, ElicAdapter, {"N": 192, "M": 320}),
+    "elic2022-chandelier": CodecSpec(Elic2022Chandelier, ElicAdapter, {"N": 192, "M": 320}),
+    # The mini codec: a small mean-scale hyperprior trained here on Fashion-MNIST (README, "mini setup").
+    "mini": CodecSpec(MeanScaleHyperprior, MeanScaleAdapter, {"N": 48, "M": 64}),
+}
+
+
+def build_codec(
+    name: str,
+    arch: dict[str, Any] | None = None,
+    checkpoint: str | None = None,
+    zoo_quality: int | None = None,
+    zoo_metric: str = "mse",
+    **_: Any,
+) -> CodecAdapter:
+    """Build a codec adapter: from ``checkpoint`` (local file), else the compressai zoo, else random init.
+
+    Extra keys (``lmbda``, preparation settings) belong to the config group and are ignored here.
+    """
+    if name not in CODECS:
+        raise ConfigError(f"codec.name: unknown codec '{name}' (known: {', '.join(sorted(CODECS))})")
+    spec = CODECS[name]
+    arch = {**spec.arch, **dict(arch or {})}
+    if checkpoint is None and zoo_quality is not None:
+        if spec.zoo is None:
+            raise ConfigError(f"codec.zoo_quality: compressai's zoo has no weights for '{name}'; set codec.checkpoint")
+        from compressai.zoo import image_models
+
+        try:
+            model = image_models[spec.zoo](quality=int(zoo_quality), metric=zoo_metric, pretrained=True)
+        except Exception as e:  # network or cache failure
+            raise CheckpointError(
+                f"codec.zoo_quality: could not load compressai zoo '{spec.zoo}' q={zoo_quality} "
+                f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); offline? use codec.checkpoint"
+            ) from None
+        arch = {"N": model.N if hasattr(model, "N") else arch["N"], "M": model.M if hasattr(model, "M") else arch["M"]}
+        return spec.adapter_cls(model, name, arch)
+    model = spec.model_cls(**arch)
+    adapter = spec.adapter_cls(model, name, arch)
+    if checkpoint is not None:
+        load_codec_weights(adapter, checkpoint)
+    return adapter
+
+
+def load_codec_weights(adapter: CodecAdapter, path: str | Path) -> None:
+    """Load a codec checkpoint: ours, a Lightning phase-0 checkpoint, or a plain compressai state dict."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"codec.checkpoint: {path} does not exist")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise CheckpointError(f"codec.checkpoint: {path} is not a readable checkpoint ({type(e).__name__})") from None
+    if isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT:
+        if obj["name"] != adapter.name or dict(obj["arch"]) != adapter.arch:
+            raise CheckpointError(
+                f"codec.checkpoint: {path} holds codec '{obj['name']}' {obj['arch']}, "
+                f"the config asks for '{adapter.name}' {adapter.arch}"
+            )
+        state = obj["state_dict"]
+    elif isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        state = obj["state_dict"]
+    elif isinstance(obj, dict):
+        state = obj
+    else:
+        raise CheckpointError(f"codec.checkpoint: {path} holds a {type(obj).__name__}, not a state dict")
+    for prefix in ("codec.model.", "model."):  # Lightning module / adapter prefixes
+        if any(k.startswith(prefix) for k in state):
+            state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+            break
+    try:
+        adapter.model.load_state_dict(state)
+    except (RuntimeError, KeyError, ValueError) as e:
+        first = str(e).replace("\n", " ").replace("\t", "")[:300]
+        raise CheckpointError(
+            f"codec.checkpoint: {path} is not a checkpoint of codec '{adapter.name}' {adapter.arch}: {first}"
+        ) from None
+
+
+def codec_checkpoint(adapter: CodecAdapter, **meta: Any) -> dict[str, Any]:
+    """The dict written for a trained codec (after ``update(force=True)`` so it can ``compress()``)."""
+    adapter.model.update(force=True)
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "name": adapter.name,
+        "arch": adapter.arch,
+        "state_dict": adapter.model.state_dict(),
+        **meta,
+    }

@@ -1,0 +1,51 @@
+"""The transform-neck T (paper 3.3, Fig. 2): maps the coded latent y_hat into the token space of block k of C.
+
+Linear projection of each latent position (M -> width), a learned class token, a learned positional embedding
+over 1 + H*W positions, ln_pre, then one pre-LN residual attention block (LN -> MHA -> +; LN -> MLP -> +).
+For ELIC (M=320) into CLIP ViT-L/14 (width 1024, 16 heads) at 256x256 (16x16 latent grid): 13,191,168
+parameters (paper Table 3: 13.19M).
+"""
+
+from __future__ import annotations
+
+import torch
+from open_clip.transformer import LayerNorm, QuickGELU, ResidualAttentionBlock
+from torch import Tensor, nn
+
+
+class TransformNeck(nn.Module):
+    """y_hat (B, M, H, W) -> tokens (B, 1 + H*W, width), class token first."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        width: int,
+        heads: int,
+        grid_size: int | tuple[int, int],
+        mlp_ratio: float = 4.0,
+        depth: int = 1,
+    ) -> None:
+        super().__init__()
+        self.grid_size = (grid_size, grid_size) if isinstance(grid_size, int) else tuple(grid_size)
+        scale = width**-0.5
+        self.proj = nn.Linear(in_channels, width)
+        self.class_embedding = nn.Parameter(scale * torch.randn(width))
+        self.positional_embedding = nn.Parameter(scale * torch.randn(1 + self.grid_size[0] * self.grid_size[1], width))
+        self.ln_pre = LayerNorm(width)
+        self.blocks = nn.ModuleList(
+            ResidualAttentionBlock(width, heads, mlp_ratio, act_layer=QuickGELU, batch_first=True) for _ in range(depth)
+        )
+
+    def forward(self, y_hat: Tensor) -> Tensor:
+        if tuple(y_hat.shape[-2:]) != self.grid_size:
+            raise ValueError(
+                f"transform-neck expects a {self.grid_size[0]}x{self.grid_size[1]} latent grid, got "
+                f"{y_hat.shape[-2]}x{y_hat.shape[-1]} (the input size sets the grid: data.image_size / 16)"
+            )
+        x = self.proj(y_hat.flatten(2).transpose(1, 2))  # (B, H*W, width)
+        cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+        x = torch.cat([cls, x], dim=1) + self.positional_embedding.to(x.dtype)
+        x = self.ln_pre(x)
+        for block in self.blocks:
+            x = block(x)
+        return x

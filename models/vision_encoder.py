@@ -1,0 +1,187 @@
+"""The vision encoder C of the MLLM (paper 3.3-3.4), over open_clip, split into small named steps.
+
+``embed`` (patch embedding, class token, positional embedding, ln_pre) -> ``run_blocks(start, stop)`` ->
+``pool`` (ln_post on the class token, then the projection). C(x) = pool(run_blocks(embed(x))) and the partial
+encoder C'(tokens) = pool(run_blocks(tokens, start=k)). ln_post is applied once (the reference code applies it
+twice; we follow CLIP's own forward so C and C' share one definition of the output feature).
+The text side builds the class text embeddings of the cross-entropy term (Eq. 2).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import open_clip
+import torch
+import torch.nn.functional as F
+from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+from torch import Tensor, nn
+
+from latentbridge.errors import CheckpointError, ConfigError
+
+TEACHER_FORMAT = "latentbridge-clip/1"
+
+
+class VisionEncoder(nn.Module):
+    """CLIP image tower (with its text tower for class prompts) behind LatentBridge's interface."""
+
+    def __init__(
+        self,
+        clip: open_clip.CLIP,
+        tokenizer: Any,
+        image_size: int,
+        mean: Sequence[float] = OPENAI_DATASET_MEAN,
+        std: Sequence[float] = OPENAI_DATASET_STD,
+        name: str = "clip",
+    ) -> None:
+        super().__init__()
+        self.clip = clip
+        self.tokenizer = tokenizer
+        self.image_size = int(image_size)
+        self.name = name
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+        visual = clip.visual
+        if getattr(visual, "attn_pool", None) is not None:
+            raise ConfigError(f"vision: '{name}' uses attentional pooling; only class-token ViTs are supported")
+
+    # -- geometry -----------------------------------------------------------------------------------------
+    @property
+    def visual(self) -> nn.Module:
+        return self.clip.visual
+
+    @property
+    def width(self) -> int:
+        return int(self.visual.class_embedding.shape[-1])
+
+    @property
+    def heads(self) -> int:
+        return int(self.visual.transformer.resblocks[0].attn.num_heads)
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.visual.transformer.resblocks)
+
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        return tuple(self.visual.grid_size)
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.visual.proj.shape[-1])
+
+    # -- image side, in named steps -----------------------------------------------------------------------
+    def preprocess(self, x: Tensor) -> Tensor:
+        """CLIP's own preprocessing on a [0, 1] batch: bicubic resize (short side), center crop, normalize."""
+        h, w = x.shape[-2:]
+        if (h, w) != (self.image_size, self.image_size):
+            s = self.image_size / min(h, w)
+            x = F.interpolate(x, size=(round(h * s), round(w * s)), mode="bicubic", antialias=True, align_corners=False)
+            top, left = (x.shape[-2] - self.image_size) // 2, (x.shape[-1] - self.image_size) // 2
+            x = x[..., top : top + self.image_size, left : left + self.image_size]
+        return (x.clamp(0, 1) - self.mean) / self.std
+
+    def embed(self, images: Tensor) -> Tensor:
+        """Normalized images -> tokens entering block 0: conv1, class token, positional embedding, ln_pre."""
+        return self.visual._embeds(images)
+
+    def run_blocks(self, tokens: Tensor, start: int = 0, stop: int | None = None) -> Tensor:
+        """Transformer blocks ``start:stop`` (batch-first tokens)."""
+        for block in self.visual.transformer.resblocks[start:stop]:
+            tokens = block(tokens)
+        return tokens
+
+    def pool(self, tokens: Tensor) -> Tensor:
+        """ln_post on the class token, then the projection: the embedding C outputs."""
+        pooled, _ = self.visual._pool(tokens)
+        return pooled @ self.visual.proj
+
+    def forward(self, images: Tensor) -> Tensor:
+        """C(x): normalized images -> projected embedding."""
+        return self.pool(self.run_blocks(self.embed(images)))
+
+    def forward_from_block(self, tokens: Tensor, start: int) -> Tensor:
+        """C'(tokens): the encoder with its first ``start`` blocks skipped (paper 3.3)."""
+        return self.pool(self.run_blocks(tokens, start=start))
+
+    # -- text side ----------------------------------------------------------------------------------------
+    def encode_text(self, texts: Sequence[str]) -> Tensor:
+        """Prompts -> normalized text embeddings (gradients flow when the text tower trains)."""
+        device = self.clip.logit_scale.device
+        return self.clip.encode_text(self.tokenizer(list(texts)).to(device), normalize=True)
+
+    @torch.no_grad()
+    def class_embeddings(self, classnames: Sequence[str], templates: Sequence[str]) -> Tensor:
+        """(m, D) normalized class embeddings, each the mean over the templates (open_clip's zero-shot recipe)."""
+        device = self.clip.logit_scale.device
+        w = open_clip.build_zero_shot_classifier(self.clip, self.tokenizer, classnames, templates, device=device)
+        return w.t().contiguous()
+
+
+def build_vision_encoder(
+    model_name: str,
+    image_size: int,
+    pretrained: str | None = None,
+    arch: dict[str, Any] | None = None,
+    checkpoint: str | None = None,
+    mean: Sequence[float] = OPENAI_DATASET_MEAN,
+    std: Sequence[float] = OPENAI_DATASET_STD,
+    **_: Any,
+) -> VisionEncoder:
+    """open_clip model by name (``pretrained``: an open_clip tag such as ``openai``, or a local file), or a custom
+    architecture ``arch`` (``open_clip.CLIP(**arch)``; the mini teacher) loaded from ``checkpoint``."""
+    if arch is not None:
+        arch = _plain(arch)
+        clip = open_clip.CLIP(**arch)
+        tokenizer = open_clip.tokenizer.SimpleTokenizer(context_length=arch["text_cfg"].get("context_length", 77))
+        if checkpoint is not None:
+            load_teacher_weights(clip, checkpoint, arch)
+    else:
+        if model_name not in open_clip.list_models():
+            raise ConfigError(
+                f"vision.model_name: unknown open_clip model '{model_name}' (e.g. ViT-L-14, ViT-L-14-336, ViT-B-16)"
+            )
+        try:
+            clip = open_clip.create_model(model_name, pretrained=pretrained or None)
+        except Exception as e:
+            msg = str(e).splitlines()[0] if str(e) else ""
+            raise CheckpointError(
+                f"vision.pretrained: could not load '{pretrained}' weights for {model_name} ({type(e).__name__}: "
+                f"{msg[:200]}); offline? point vision.pretrained at a local file"
+            ) from None
+        tokenizer = open_clip.get_tokenizer(model_name)
+    clip.eval()
+    return VisionEncoder(clip, tokenizer, image_size, mean, std, name=model_name)
+
+
+def _plain(obj: Any) -> Any:
+    """OmegaConf containers -> plain dicts/lists (open_clip checks ``isinstance(cfg, dict)``)."""
+    try:
+        from omegaconf import DictConfig, ListConfig, OmegaConf
+
+        if isinstance(obj, (DictConfig, ListConfig)):
+            return OmegaConf.to_container(obj, resolve=True)
+    except ImportError:  # pragma: no cover
+        pass
+    return obj
+
+
+def load_teacher_weights(clip: open_clip.CLIP, path: str | Path, arch: dict[str, Any]) -> None:
+    """Load a teacher written by the mini CLIP pre-training (or a plain open_clip state dict)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"vision.checkpoint: {path} does not exist")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise CheckpointError(f"vision.checkpoint: {path} is not a readable checkpoint ({type(e).__name__})") from None
+    if isinstance(obj, dict) and obj.get("format") == TEACHER_FORMAT:
+        if _plain(obj["arch"]) != arch:
+            raise CheckpointError(f"vision.checkpoint: {path} was trained with another architecture than vision.arch")
+        obj = obj["state_dict"]
+    try:
+        clip.load_state_dict(obj)
+    except (RuntimeError, KeyError, ValueError, AttributeError) as e:
+        first = str(e).replace("\n", " ")[:300]
+        raise CheckpointError(f"vision.checkpoint: {path} does not match vision.arch: {first}") from None
