@@ -17,6 +17,7 @@ import os
 import secrets
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,8 @@ def _wandb_offline() -> bool:
     return mode in ("offline", "dryrun", "disabled") or not os.environ.get("WANDB_API_KEY")
 
 
+# Frozen parts (codec in d1, the teacher) are kept in eval mode on purpose (BridgeModule.train).
+warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
 OmegaConf.register_new_resolver("lb_uid", lambda: secrets.token_hex(3), use_cache=True, replace=True)
 OmegaConf.register_new_resolver("lb_wandb_offline", _wandb_offline, replace=True)
 
@@ -85,7 +88,7 @@ def prepare_dependencies(cfg: DictConfig) -> None:
                     f"export_path={ckpt}",
                     f"paths.output_dir={Path(cfg.paths.output_dir) / 'prepare' / key}",
                     f"paths.cache_dir={cfg.paths.cache_dir}",
-                    f"logger={_choice('logger', 'wandb')}",
+                    f"logger={_choice('logger', 'none')}",
                 ],
             )
             run(sub)
@@ -100,9 +103,11 @@ def _choice(group: str, default: str) -> str:
         return default
 
 
-def build_callbacks(cfg: DictConfig, module: Any) -> list[Any]:
-    """Instantiate callbacks; a checkpoint callback with ``monitor: null`` monitors the module's own metric."""
+def build_callbacks(cfg: DictConfig, module: Any, has_logger: bool) -> list[Any]:
+    """Instantiate callbacks; a checkpoint callback with ``monitor: null`` monitors the module's own metric.
+    The learning-rate monitor needs a logger and is left out without one (``logger=none``)."""
     from hydra.utils import instantiate
+    from lightning.pytorch.callbacks import LearningRateMonitor
 
     callbacks = []
     for name, node in (cfg.get("callbacks") or {}).items():
@@ -112,14 +117,15 @@ def build_callbacks(cfg: DictConfig, module: Any) -> list[Any]:
             metric, mode = module.monitor
             callbacks.append(instantiate(node, monitor=metric, mode=mode))
         else:
-            callbacks.append(instantiate(node))
+            callback = instantiate(node)
+            if has_logger or not isinstance(callback, LearningRateMonitor):
+                callbacks.append(callback)
     return callbacks
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Prepare, fit, validate the best checkpoint, export the artifact, write results.json. Returns the results."""
     import lightning as L
-    import torch
     from hydra.utils import instantiate
     from lightning.pytorch.callbacks import ModelCheckpoint
 
@@ -133,8 +139,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     datamodule = instantiate(cfg.data)
     module = instantiate(cfg.scenario)
-    callbacks = build_callbacks(cfg, module)
     loggers = [instantiate(node) for node in (cfg.get("logger") or {}).values() if node is not None]
+    callbacks = build_callbacks(cfg, module, has_logger=bool(loggers))
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     for lg in loggers:
         lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
@@ -164,18 +170,28 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "epochs": trainer.current_epoch,
         "best_checkpoint": best,
         "last_checkpoint": checkpoint_cb.last_model_path if checkpoint_cb else None,
-        "run_dir": str(out_dir),
+        "run_dir": str(out_dir.resolve()),
         "wall_time_s": round(time.time() - started, 1),
     }
     if trainer.is_global_zero:
         if hasattr(module, "export"):
-            export_path = Path(cfg.get("export_path") or out_dir / "export.pt")
+            export_path = Path(cfg.get("export_path") or out_dir / "export.pt").resolve()
             atomic_torch_save(module.export(), export_path)
             results["export"] = str(export_path)
         atomic_write_json(out_dir / "results.json", results)
         print_results(results, out_dir / "results.json")
-    torch.distributed.barrier() if torch.distributed.is_available() and torch.distributed.is_initialized() else None
+    finish_loggers(loggers)
     return results
+
+
+def finish_loggers(loggers: list[Any]) -> None:
+    """Close each run's wandb run: Lightning's WandbLogger would otherwise reuse it for the next run in this
+    process (the preparation runs and the main run would share one wandb run)."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    for lg in loggers:
+        if isinstance(lg, WandbLogger) and lg._experiment is not None:
+            lg.experiment.finish()
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")

@@ -7,7 +7,8 @@ skipped: the batch carries how many were dropped, and the LightningModule logs t
 from __future__ import annotations
 
 import logging
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import lightning as L
 import torch

@@ -11,7 +11,8 @@ Validation reports, for every scenario, zero-shot top-1 of three paths and the r
 
 from __future__ import annotations
 
-from typing import Any, Callable, ClassVar, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
 
 import lightning as L
 import torch
@@ -116,8 +117,9 @@ class BridgeModule(L.LightningModule):
         """Phase 1 (paper 3.5): the surrogate loss L_S on the neck path."""
         y_hat, _ = self.latent(batch["image"])
         student = self.neck_embedding(y_hat)
-        return self.loss_fn(student, self.teacher_embedding(batch["teacher_image"]), self.text_emb, batch["label"],
-                            self.current_epoch)
+        return self.loss_fn(
+            student, self.teacher_embedding(batch["teacher_image"]), self.text_emb, batch["label"], self.current_epoch
+        )
 
     def _count_skipped(self, batch: dict[str, Any]) -> None:
         skipped = int(batch["num_skipped"])
@@ -166,8 +168,9 @@ class BridgeModule(L.LightningModule):
         bs = batch["label"].shape[0]
         for k, v in self.evaluate_batch(batch).items():
             self.metrics[k].update(v, weight=bs if v.ndim == 0 else 1)
-            self.log(f"{prefix}/{k}", self.metrics[k], on_step=False, on_epoch=True, batch_size=bs,
-                     prog_bar=k == "top1_neck")
+            self.log(
+                f"{prefix}/{k}", self.metrics[k], on_step=False, on_epoch=True, batch_size=bs, prog_bar=k == "top1_neck"
+            )
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._eval_step(batch, "val")

@@ -45,8 +45,9 @@ class CodecPretraining(L.LightningModule):
         aux = [p for n, p in self.codec.named_parameters() if n.endswith(".quantiles")]
         opt = torch.optim.Adam(main, lr=self.hparams.lr)
         aux_opt = torch.optim.Adam(aux, lr=self.hparams.aux_lr)
-        sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(self.hparams.milestones),
-                                                     gamma=self.hparams.gamma)
+        sched = torch.optim.lr_scheduler.MultiStepLR(
+            opt, milestones=list(self.hparams.milestones), gamma=self.hparams.gamma
+        )
         return [opt, aux_opt], [sched]
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:

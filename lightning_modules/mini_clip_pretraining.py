@@ -17,7 +17,7 @@ from torch import Tensor
 from torchmetrics import MeanMetric
 
 from models.surrogate_loss import zero_shot_correct
-from models.vision_encoder import TEACHER_FORMAT, VisionEncoder, _plain
+from models.vision_encoder import TEACHER_FORMAT, VisionEncoder, to_plain
 
 
 class MiniClipPretraining(L.LightningModule):
@@ -25,11 +25,12 @@ class MiniClipPretraining(L.LightningModule):
 
     monitor: ClassVar[tuple[str, str]] = ("val/top1", "max")
 
-    def __init__(self, vision: VisionEncoder, arch: dict[str, Any], lr: float = 1e-3, weight_decay: float = 0.1,
-                 seed: int = 0) -> None:
+    def __init__(
+        self, vision: VisionEncoder, arch: dict[str, Any], lr: float = 1e-3, weight_decay: float = 0.1, seed: int = 0
+    ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["vision"])
-        self.vision = vision
+        self.vision = vision.train()  # built in eval mode (as a frozen teacher); here both towers train
         self.top1 = MeanMetric()
         self.rng = random.Random(seed)
 
@@ -63,13 +64,18 @@ class MiniClipPretraining(L.LightningModule):
     def configure_optimizers(self) -> Any:
         decay = [p for n, p in self.vision.named_parameters() if p.ndim >= 2 and "embedding" not in n]
         rest = [p for n, p in self.vision.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
-        opt = torch.optim.AdamW([{"params": decay, "weight_decay": self.hparams.weight_decay},
-                                 {"params": rest, "weight_decay": 0.0}], lr=self.hparams.lr)
+        opt = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": self.hparams.weight_decay}, {"params": rest, "weight_decay": 0.0}],
+            lr=self.hparams.lr,
+        )
         total = self.trainer.estimated_stepping_batches
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=self.hparams.lr, total_steps=int(total),
-                                                    pct_start=0.1)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=self.hparams.lr, total_steps=int(total), pct_start=0.1)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def export(self) -> dict[str, Any]:
         """The teacher checkpoint that ``vision.checkpoint`` points at."""
-        return {"format": TEACHER_FORMAT, "arch": _plain(self.hparams.arch), "state_dict": self.vision.clip.state_dict()}
+        return {
+            "format": TEACHER_FORMAT,
+            "arch": to_plain(self.hparams.arch),
+            "state_dict": self.vision.clip.state_dict(),
+        }

@@ -13,9 +13,10 @@ exactly what ``compress()`` codes.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from compressai.models import (
@@ -207,7 +208,7 @@ def load_codec_weights(adapter: CodecAdapter, path: str | Path) -> None:
         raise CheckpointError(f"codec.checkpoint: {path} holds a {type(obj).__name__}, not a state dict")
     for prefix in ("codec.model.", "model."):  # Lightning module / adapter prefixes
         if any(k.startswith(prefix) for k in state):
-            state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+            state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
             break
     try:
         adapter.model.load_state_dict(state)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from typing import Literal, NamedTuple
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 

@@ -9,8 +9,9 @@ The text side builds the class text embeddings of the cross-entropy term (Eq. 2)
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import open_clip
 import torch
@@ -132,7 +133,7 @@ def build_vision_encoder(
     """open_clip model by name (``pretrained``: an open_clip tag such as ``openai``, or a local file), or a custom
     architecture ``arch`` (``open_clip.CLIP(**arch)``; the mini teacher) loaded from ``checkpoint``."""
     if arch is not None:
-        arch = _plain(arch)
+        arch = to_plain(arch)
         clip = open_clip.CLIP(**arch)
         tokenizer = open_clip.tokenizer.SimpleTokenizer(context_length=arch["text_cfg"].get("context_length", 77))
         if checkpoint is not None:
@@ -155,7 +156,7 @@ def build_vision_encoder(
     return VisionEncoder(clip, tokenizer, image_size, mean, std, name=model_name)
 
 
-def _plain(obj: Any) -> Any:
+def to_plain(obj: Any) -> Any:
     """OmegaConf containers -> plain dicts/lists (open_clip checks ``isinstance(cfg, dict)``)."""
     try:
         from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -177,7 +178,7 @@ def load_teacher_weights(clip: open_clip.CLIP, path: str | Path, arch: dict[str,
     except Exception as e:
         raise CheckpointError(f"vision.checkpoint: {path} is not a readable checkpoint ({type(e).__name__})") from None
     if isinstance(obj, dict) and obj.get("format") == TEACHER_FORMAT:
-        if _plain(obj["arch"]) != arch:
+        if to_plain(obj["arch"]) != arch:
             raise CheckpointError(f"vision.checkpoint: {path} was trained with another architecture than vision.arch")
         obj = obj["state_dict"]
     try:

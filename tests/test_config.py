@@ -1,0 +1,91 @@
+"""The configs compose (offline) into what the paper and the README say."""
+
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT, hydra_cfg
+
+
+@pytest.mark.parametrize("experiment", ["mini_d1", "mini_codec", "mini_teacher", "paper_d1", "paper_codec"])
+def test_every_experiment_composes(experiment, tmp_path):
+    with hydra_cfg([f"experiment={experiment}"], tmp_path) as cfg:
+        assert cfg.task_name == experiment
+
+
+def test_paper_d1_matches_the_paper(tmp_path):
+    with hydra_cfg(["experiment=paper_d1"], tmp_path) as cfg:
+        assert cfg.codec.name.startswith("elic2022") and cfg.codec.arch.M == 320 and cfg.codec.arch.N == 192
+        assert cfg.vision.model_name == "ViT-L-14" and cfg.vision.pretrained == "openai"
+        assert cfg.data.image_size == 256 and cfg.data.batch_size == 32
+        assert (cfg.loss.e1, cfg.loss.e2, cfg.loss.beta / cfg.loss.alpha) == (20, 40, 100)
+        assert cfg.loss.similarity == "cosine"
+        assert cfg.scenario.skip_blocks == 2
+        assert dict(cfg.scenario.optimizer) == {"lr": 1e-4, "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.0}
+        assert list(cfg.scenario.scheduler.milestones) == [20] and cfg.scenario.scheduler.gamma == 0.1
+        assert cfg.trainer.max_epochs == 60 and cfg.trainer.limit_train_batches == 3337
+
+
+def test_paper_d1_builds_with_random_weights_and_the_table3_neck(tmp_path):
+    """The real paper module (ELIC + ViT-L/14) instantiates offline; the neck it builds has 13,191,168 params."""
+    from hydra.utils import instantiate
+
+    with hydra_cfg(["experiment=paper_d1", "codec.checkpoint=null", "vision.pretrained=null"], tmp_path) as cfg:
+        module = instantiate(cfg.scenario)
+    assert sum(p.numel() for p in module.neck.parameters()) == 13_191_168
+    assert module.neck.grid_size == (16, 16) and module.vision.grid_size == (16, 16)
+    assert all(p.requires_grad for p in module.neck.parameters())
+    assert not any(p.requires_grad for p in module.codec.parameters())
+    assert not any(p.requires_grad for p in module.vision.parameters())
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "train.py", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HOME": str(ROOT)},
+    )
+
+
+def test_cli_composes_paper_d1_without_network():
+    res = _cli("experiment=paper_d1", "--cfg", "job")
+    assert res.returncode == 0, res.stderr
+    assert "ViT-L-14" in res.stdout and "elic2022-chandelier" in res.stdout
+
+
+def test_cli_unknown_codec_name_is_one_line(tmp_path):
+    res = _cli("codec.name=nope", f"paths.log_dir={tmp_path}", "logger=none")
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines()[-1].startswith("error: codec.name: unknown codec 'nope'")
+    assert "Traceback" not in res.stderr
+
+
+def test_cli_unknown_config_option_names_the_group(tmp_path):
+    res = _cli("codec=nope", f"paths.log_dir={tmp_path}")
+    assert res.returncode != 0
+    assert "codec/nope" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_cli_missing_data_root_is_one_line(tmp_path):
+    res = _cli(
+        "data.root=/nonexistent/fmnist",
+        f"paths.log_dir={tmp_path}",
+        f"paths.cache_dir={tmp_path}/c",
+        "codec.checkpoint=null",
+        "vision.checkpoint=null",
+        "logger=none",
+    )
+    assert res.returncode == 2, res.stderr[-2000:]
+    assert (
+        res.stderr.strip().splitlines()[-1] == "error: data.root: /nonexistent/fmnist does not exist "
+        "(apt-get install dataset-fashion-mnist)"
+    )
+
+
+def test_cli_missing_mandatory_value_names_the_key(tmp_path):
+    res = _cli("experiment=paper_d1", f"paths.log_dir={tmp_path}", "logger=none")
+    assert res.returncode == 2
+    assert "codec.checkpoint" in res.stderr.strip().splitlines()[-1] or "data.root" in res.stderr

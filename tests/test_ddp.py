@@ -1,0 +1,29 @@
+"""d1 with DDP over 2 CPU processes (gloo). ddp_spawn: under pytest, "ddp" would re-run pytest in rank 1."""
+
+import json
+
+import pytest
+import torch
+from conftest import TINY_D1, hydra_cfg
+
+import train
+
+
+@pytest.mark.slow
+def test_d1_trains_with_two_processes(tmp_path):
+    overrides = [
+        *TINY_D1,
+        "trainer=ddp_cpu",
+        "trainer.strategy=ddp_spawn",
+        "trainer.devices=2",
+        "callbacks.progress_bar=null",
+        "data.train_size=64",
+        "data.batch_size=8",
+    ]
+    with hydra_cfg(overrides, tmp_path) as cfg:
+        results = train.run(cfg)
+    saved = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert saved["metrics"] == results["metrics"] and 0 <= saved["metrics"]["top1_neck"] <= 1
+    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+    # 64 images, batch 8, 2 ranks (distributed sampler, drop_last): 4 optimizer steps per rank in one epoch
+    assert ckpt["global_step"] == 4
