@@ -85,13 +85,18 @@ def prepare_dependencies(cfg: DictConfig) -> None:
                 config_name="train",
                 overrides=[
                     *recipe,
-                    f"export_path={ckpt}",
-                    f"paths.output_dir={Path(cfg.paths.output_dir) / 'prepare' / key}",
-                    f"paths.cache_dir={cfg.paths.cache_dir}",
+                    f"export_path={_quoted(ckpt)}",
+                    f"paths.output_dir={_quoted(Path(cfg.paths.output_dir) / 'prepare' / key)}",
+                    f"paths.cache_dir={_quoted(cfg.paths.cache_dir)}",
                     f"logger={_choice('logger', 'none')}",
                 ],
             )
             run(sub)
+
+
+def _quoted(value: object) -> str:
+    """A value as a quoted Hydra override string (paths may hold '=', ',' or brackets)."""
+    return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def _choice(group: str, default: str) -> str:

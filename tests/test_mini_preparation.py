@@ -23,6 +23,7 @@ TINY_PREP = [
 @pytest.mark.slow
 @needs_fmnist
 def test_default_run_prepares_and_caches_teacher_and_codec(tmp_path):
+    tmp_path = tmp_path / "0_codec.lmbda=0.0035,x=[1]"  # a multirun job dir: '=', ',' and brackets in paths
     with hydra_cfg(TINY_PREP, tmp_path / "first") as cfg:
         cache = tmp_path / "first" / "cache"
         results = train.run(cfg)
