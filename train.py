@@ -85,16 +85,16 @@ def prepare_dependencies(cfg: DictConfig) -> None:
                 config_name="train",
                 overrides=[
                     *recipe,
-                    f"export_path={_quoted(ckpt)}",
-                    f"paths.output_dir={_quoted(Path(cfg.paths.output_dir) / 'prepare' / key)}",
-                    f"paths.cache_dir={_quoted(cfg.paths.cache_dir)}",
+                    f"export_path={hydra_quote(ckpt)}",
+                    f"paths.output_dir={hydra_quote(Path(cfg.paths.output_dir) / 'prepare' / key)}",
+                    f"paths.cache_dir={hydra_quote(cfg.paths.cache_dir)}",
                     f"logger={_choice('logger', 'none')}",
                 ],
             )
             run(sub)
 
 
-def _quoted(value: object) -> str:
+def hydra_quote(value: object) -> str:
     """A value as a quoted Hydra override string (paths may hold '=', ',' or brackets)."""
     return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
 

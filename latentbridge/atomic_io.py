@@ -34,6 +34,11 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
     _replace_into(Path(path), lambda f: f.write(data))
 
 
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file and ``os.replace``."""
+    _replace_into(Path(path), lambda f: f.write(data))
+
+
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
     """``torch.save`` through a temporary file and ``os.replace``."""
     _replace_into(Path(path), lambda f: torch.save(obj, f))

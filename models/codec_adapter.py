@@ -85,6 +85,16 @@ class CodecAdapter(nn.Module):
         """The entropy bottleneck's quantile loss (a sum: it scales with nothing but the model)."""
         return self.model.aux_loss()
 
+    def compress(self, x: Tensor) -> dict[str, Any]:
+        """Entropy-code x (H, W multiples of 64): compressai's ``{"strings", "shape"}``.
+        Call ``model.update(force=True)`` once after training first."""
+        out = self.model.compress(x)
+        return {"strings": out["strings"], "shape": out["shape"]}
+
+    def decompress_latent(self, strings: list[list[bytes]], shape: Any) -> Tensor:
+        """Entropy-decode y_hat only: what the server's transform-neck reads (no g_s, no pixels)."""
+        raise NotImplementedError
+
 
 class HyperpriorAdapter(CodecAdapter):
     """Ballé et al. 2018 scale hyperprior (``bmshj2018-hyperprior``): y_hat = round(y)."""
@@ -95,6 +105,12 @@ class HyperpriorAdapter(CodecAdapter):
         z_hat, z_lik = m.entropy_bottleneck(m.h_a(torch.abs(y)))
         y_hat, y_lik = m.gaussian_conditional(y, m.h_s(z_hat))
         return LatentOutput(y_hat, {"y": y_lik, "z": z_lik})
+
+    def decompress_latent(self, strings: list[list[bytes]], shape: Any) -> Tensor:
+        m = self.model
+        z_hat = m.entropy_bottleneck.decompress(strings[1], shape)
+        indexes = m.gaussian_conditional.build_indexes(m.h_s(z_hat))
+        return m.gaussian_conditional.decompress(strings[0], indexes, z_hat.dtype)
 
 
 class MeanScaleAdapter(CodecAdapter):
@@ -108,6 +124,13 @@ class MeanScaleAdapter(CodecAdapter):
         y_hat, y_lik = m.gaussian_conditional(y, scales, means=means)
         return LatentOutput(y_hat, {"y": y_lik, "z": z_lik})
 
+    def decompress_latent(self, strings: list[list[bytes]], shape: Any) -> Tensor:
+        m = self.model
+        z_hat = m.entropy_bottleneck.decompress(strings[1], shape)
+        scales, means = m.h_s(z_hat).chunk(2, 1)
+        indexes = m.gaussian_conditional.build_indexes(scales)
+        return m.gaussian_conditional.decompress(strings[0], indexes, means=means)
+
 
 class ElicAdapter(CodecAdapter):
     """ELIC (He et al. 2022; paper 4.1): uneven channel groups + checkerboard context in a latent codec."""
@@ -115,6 +138,9 @@ class ElicAdapter(CodecAdapter):
     def _latent(self, x: Tensor) -> LatentOutput:
         out = self.model.latent_codec(self.model.g_a(x))
         return LatentOutput(out["y_hat"], _flatten_likelihoods(out["likelihoods"]))
+
+    def decompress_latent(self, strings: list[list[bytes]], shape: Any) -> Tensor:
+        return self.model.latent_codec.decompress(strings, shape)["y_hat"]
 
 
 def _flatten_likelihoods(lk: dict[str, Any], prefix: str = "") -> dict[str, Tensor]:
@@ -229,3 +255,19 @@ def codec_checkpoint(adapter: CodecAdapter, **meta: Any) -> dict[str, Any]:
         "state_dict": adapter.model.state_dict(),
         **meta,
     }
+
+
+def load_codec_checkpoint(path: str | Path) -> tuple[CodecAdapter, float | None]:
+    """A trained codec written by phase 0 (``codec_checkpoint``) -> (adapter in eval mode, its lambda)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"codec checkpoint {path} does not exist")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise CheckpointError(f"codec checkpoint {path} is not readable ({type(e).__name__})") from None
+    if not (isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT):
+        raise CheckpointError(f"{path} is not a LatentBridge codec checkpoint (train one with experiment=*_codec)")
+    codec = build_codec(obj["name"], arch=obj["arch"], checkpoint=str(path)).eval()
+    codec.model.update(force=True)
+    return codec, obj.get("lmbda")

@@ -36,13 +36,11 @@ def hydra_cfg(overrides: list[str], tmp_path: Path) -> Iterator:
     inside the block (``train.run`` composes the preparation runs)."""
     from hydra import compose, initialize_config_dir
 
-    import train  # noqa: F401  (registers the resolvers)
+    from train import hydra_quote  # importing train registers the resolvers
 
+    paths = [f"paths.output_dir={hydra_quote(tmp_path / 'run')}", f"paths.cache_dir={hydra_quote(tmp_path / 'cache')}"]
     with initialize_config_dir(str(CONF), version_base="1.3"):
-        cfg = compose(
-            "train",
-            overrides=[f"paths.output_dir={tmp_path / 'run'}", f"paths.cache_dir={tmp_path / 'cache'}", *overrides],
-        )
+        cfg = compose("train", overrides=[*paths, *overrides])
         yield cfg
 
 

@@ -35,7 +35,7 @@ def test_default_run_prepares_and_caches_teacher_and_codec(tmp_path):
     assert set(results["metrics"]) >= {"bpp", "top1_uncompressed", "top1_neck", "top1_reconstruction"}
 
     mtimes = (teacher.stat().st_mtime_ns, codec.stat().st_mtime_ns)
-    with hydra_cfg([*TINY_PREP, f"paths.cache_dir={cache}"], tmp_path / "second") as cfg:
+    with hydra_cfg([*TINY_PREP, f"paths.cache_dir='{cache}'"], tmp_path / "second") as cfg:
         train.run(cfg)
     assert (teacher.stat().st_mtime_ns, codec.stat().st_mtime_ns) == mtimes  # reused, not retrained
     assert not (tmp_path / "second" / "run" / "prepare").exists()

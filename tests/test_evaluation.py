@@ -1,0 +1,106 @@
+"""Few-shot sampling, BD metrics, traditional anchors, the complexity counter and evaluate.py end to end."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY_D1, hydra_cfg
+from PIL import Image
+
+import train
+from latentbridge.curves import bd_table, curves
+from latentbridge.few_shot import few_shot_accuracy, sample_groups
+from latentbridge.traditional_codecs import code_image, unavailable_reason
+from models.complexity import count_macs
+from models.transform_neck import TransformNeck
+
+
+def test_few_shot_groups_follow_paper_a1():
+    labels = np.repeat(np.arange(10), 20)
+    groups = sample_groups(labels, groups=5000, ways=5, seed=0)
+    assert groups.shape == (5000, 6)
+    support_classes = labels[groups[:, :5]]
+    assert all(len(set(row)) == 5 for row in support_classes)  # five different classes
+    assert all(labels[g[5]] in labels[g[:5]] for g in groups)  # the query's class is among them
+    assert not (groups[:, :5] == groups[:, 5:]).any()  # the query is a new image
+    assert np.array_equal(groups, sample_groups(labels, groups=5000, seed=0))  # seeded
+
+
+def test_few_shot_accuracy_is_one_for_class_embeddings_and_chance_for_noise():
+    labels = torch.arange(10).repeat_interleave(20)
+    groups = sample_groups(labels.numpy(), groups=2000, seed=1)
+    perfect = torch.nn.functional.one_hot(labels, 10).float()
+    assert few_shot_accuracy(perfect, labels, groups) == 1.0
+    noise = torch.randn(200, 64, generator=torch.Generator().manual_seed(0))
+    assert 0.12 < few_shot_accuracy(noise, labels, groups) < 0.28  # 5-way chance = 0.2
+
+
+def test_bd_rate_of_a_curve_needing_half_the_rate_is_minus_fifty_percent():
+    rates = [0.1, 0.2, 0.4, 0.8]
+    rows = [{"method": "anchor", "bpp": r, "top1": a} for r, a in zip(rates, [0.3, 0.5, 0.6, 0.65])]
+    rows += [{"method": "test", "bpp": r / 2, "top1": a} for r, a in zip(rates, [0.3, 0.5, 0.6, 0.65])]
+    assert curves(rows, "top1")["test"][0] == [0.05, 0.1, 0.2, 0.4]
+    bd = bd_table(rows, "top1", "anchor")["test"]
+    assert bd["bd_rate_percent"] == pytest.approx(-50.0, abs=0.5)
+    assert bd["bd_top1"] > 0
+
+
+def test_traditional_anchors_code_and_decode():
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    for name in ("jpeg", "webp", "avif", "heic"):
+        if unavailable_reason(name):
+            continue
+        small, dec = code_image(img, name, 5)
+        big, _ = code_image(img, name, 90)
+        assert dec.size == (64, 64) and len(small) < len(big), name
+    assert "anchors.vtm.encoder" in unavailable_reason("vtm", {"encoder": None})
+
+
+def test_mac_counter_counts_attention():
+    """The neck at ELIC/ViT-L/14/256x256: ~3.45 GMAC = 52.7 kMAC/px (Table 3: 52.795), attention included."""
+    neck = TransformNeck(320, 1024, 16, 16).eval()
+    macs = count_macs(neck, torch.randn(1, 320, 16, 16))
+    tokens, width = 257, 1024
+    linear = 256 * 320 * width + tokens * 12 * width * width  # proj + qkv/out/MLP
+    attention = 2 * tokens * tokens * width  # QK^T and AV
+    assert macs == pytest.approx(linear + attention, rel=0.002)
+    assert macs / 256**2 / 1e3 == pytest.approx(52.7, abs=0.1)
+
+
+def test_evaluate_end_to_end_on_a_tiny_run(tmp_path):
+    """A tiny d1 run at two rate points, evaluated through real bitstreams with a JPEG anchor."""
+    from conftest import CONF
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    import evaluate
+
+    runs = []
+    for i, lmbda in enumerate((0.001, 0.05)):
+        with hydra_cfg([*TINY_D1, f"codec.lmbda={lmbda}"], tmp_path / f"r{i}") as cfg:
+            train.run(cfg)
+            run = tmp_path / f"r{i}" / "run"
+            (run / ".hydra").mkdir()
+            OmegaConf.save(cfg, run / ".hydra" / "config.yaml")  # as Hydra writes it for a CLI run
+        runs.append(str(run))
+    overrides = [
+        f"runs=[{runs[0]},{runs[1]}]",
+        f"paths.output_dir={tmp_path / 'eval'}",
+        "few_shot_groups=200",
+        "wandb=false",
+        "anchors.webp=[]",
+        "anchors.avif=[]",
+        "anchors.heic=[]",
+        "anchors.jpeg=[10,50]",
+    ]
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        results = evaluate.evaluate(compose("evaluate", overrides=overrides))
+    methods = [r["method"] for r in results["rows"]]
+    assert methods.count("d1") == 2 and methods.count("reconstruction") == 2 and methods.count("jpeg") == 2
+    d1 = [r for r in results["rows"] if r["method"] == "d1"]
+    assert all(r["bpp"] > 0 and r["bpp_est"] > 0 and 0 <= r["top1"] <= 1 for r in d1)
+    assert (tmp_path / "eval" / "rate_top1.png").is_file() and (tmp_path / "eval" / "results.csv").is_file()
+    assert json.loads((tmp_path / "eval" / "results.json").read_text())["rows"] == json.loads(
+        json.dumps(results["rows"])
+    )
