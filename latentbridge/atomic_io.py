@@ -52,3 +52,17 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if "file" not in (protocol if isinstance(protocol, tuple) else (protocol,)):
             return super().save_checkpoint(checkpoint, path, storage_options)  # remote: fsspec's own write
         atomic_torch_save(checkpoint, path)
+
+
+def read_checkpoint(path: str | Path, what: str) -> Any:
+    """``torch.load`` a local file; a missing or unreadable file is a one-line CheckpointError naming ``what``
+    (the config key or role of the file)."""
+    from latentbridge.errors import CheckpointError
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{what}: {path} does not exist")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise CheckpointError(f"{what}: {path} is not a readable checkpoint ({type(e).__name__})") from None

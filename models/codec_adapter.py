@@ -28,6 +28,7 @@ from compressai.models import (
 )
 from torch import Tensor, nn
 
+from latentbridge.atomic_io import read_checkpoint
 from latentbridge.errors import CheckpointError, ConfigError
 
 CHECKPOINT_FORMAT = "latentbridge-codec/1"
@@ -213,12 +214,7 @@ def build_codec(
 def load_codec_weights(adapter: CodecAdapter, path: str | Path) -> None:
     """Load a codec checkpoint: ours, a Lightning phase-0 checkpoint, or a plain compressai state dict."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"codec.checkpoint: {path} does not exist")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:
-        raise CheckpointError(f"codec.checkpoint: {path} is not a readable checkpoint ({type(e).__name__})") from None
+    obj = read_checkpoint(path, "codec.checkpoint")
     if isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT:
         if obj["name"] != adapter.name or dict(obj["arch"]) != adapter.arch:
             raise CheckpointError(
@@ -260,12 +256,7 @@ def codec_checkpoint(adapter: CodecAdapter, **meta: Any) -> dict[str, Any]:
 def load_codec_checkpoint(path: str | Path) -> tuple[CodecAdapter, float | None]:
     """A trained codec written by phase 0 (``codec_checkpoint``) -> (adapter in eval mode, its lambda)."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"codec checkpoint {path} does not exist")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:
-        raise CheckpointError(f"codec checkpoint {path} is not readable ({type(e).__name__})") from None
+    obj = read_checkpoint(path, "codec checkpoint")
     if not (isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT):
         raise CheckpointError(f"{path} is not a LatentBridge codec checkpoint (train one with experiment=*_codec)")
     codec = build_codec(obj["name"], arch=obj["arch"], checkpoint=str(path)).eval()

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from torch import Tensor, nn
 
+from latentbridge.atomic_io import read_checkpoint
 from latentbridge.errors import CheckpointError, ConfigError
 
 TEACHER_FORMAT = "latentbridge-clip/1"
@@ -171,12 +172,7 @@ def to_plain(obj: Any) -> Any:
 def load_teacher_weights(clip: open_clip.CLIP, path: str | Path, arch: dict[str, Any]) -> None:
     """Load a teacher written by the mini CLIP pre-training (or a plain open_clip state dict)."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"vision.checkpoint: {path} does not exist")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:
-        raise CheckpointError(f"vision.checkpoint: {path} is not a readable checkpoint ({type(e).__name__})") from None
+    obj = read_checkpoint(path, "vision.checkpoint")
     if isinstance(obj, dict) and obj.get("format") == TEACHER_FORMAT:
         if to_plain(obj["arch"]) != arch:
             raise CheckpointError(f"vision.checkpoint: {path} was trained with another architecture than vision.arch")

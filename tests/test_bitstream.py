@@ -159,5 +159,5 @@ def test_cli_encodes_and_decodes_awkward_images_and_refuses_bad_files(tmp_path):
     )
     res = _cli("decode", "--codec", imgs / "rgba.png", bad, "-o", tmp_path / "rec")
     assert res.returncode == 2 and res.stderr.strip().splitlines()[-1].startswith(
-        f"error: codec checkpoint {imgs / 'rgba.png'} is not readable"
+        f"error: codec checkpoint: {imgs / 'rgba.png'} is not a readable checkpoint"
     )
