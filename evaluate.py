@@ -91,7 +91,7 @@ def load_rate_point(run_dir: Path, cfg: DictConfig) -> tuple[Any, Any, DictConfi
 @torch.no_grad()
 def evaluate_rate_point(module: Any, datamodule: Any, lmbda: float, groups: np.ndarray | None) -> dict[str, Any]:
     """Per-path embeddings and per-image rate / quality over the test split, through real bitstreams."""
-    codec, vision = module.codec, module.vision
+    codec = module.codec
     emb: dict[str, list[torch.Tensor]] = {"neck": [], "reconstruction": [], "uncompressed": []}
     labels, nbytes, est_bits, psnrs, ssims, pixels = [], 0, 0.0, [], [], 0
     for batch in datamodule.test_dataloader():
@@ -107,8 +107,8 @@ def evaluate_rate_point(module: Any, datamodule: Any, lmbda: float, groups: np.n
         psnrs.append(psnr(x_hat, x))
         ssims += _ms_ssim(x_hat, x) or []
         emb["neck"].append(module.neck_embedding(y_hat))
-        emb["reconstruction"].append(vision(vision.preprocess(x_hat)))
-        emb["uncompressed"].append(vision(batch["teacher_image"]))
+        emb["reconstruction"].append(module.decoded_image_embedding(x_hat))
+        emb["uncompressed"].append(module.teacher_embedding(batch["teacher_image"]))
         labels.append(batch["label"])
     y = torch.cat(labels)
     out = {
@@ -132,7 +132,6 @@ def evaluate_anchor(
     module: Any, datamodule: Any, name: str, quality: int, groups: np.ndarray | None, vtm: dict[str, Any]
 ) -> dict[str, Any]:
     """A traditional codec at one quality: decoded images through the full encoder (like Reconstruction)."""
-    vision = module.vision
     embs, labels, nbytes, pixels, psnrs = [], [], 0, 0, []
     for batch in datamodule.test_dataloader():
         if "label" not in batch:
@@ -146,7 +145,7 @@ def evaluate_anchor(
         x_hat = torch.stack(decoded)
         pixels += x.shape[0] * x.shape[-2] * x.shape[-1]
         psnrs.append(psnr(x_hat, x))
-        embs.append(vision(vision.preprocess(x_hat)))
+        embs.append(module.decoded_image_embedding(x_hat))
         labels.append(batch["label"])
     e, y = torch.cat(embs), torch.cat(labels)
     return {

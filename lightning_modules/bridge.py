@@ -108,9 +108,14 @@ class BridgeModule(L.LightningModule):
         return self.vision(teacher_image)
 
     @torch.no_grad()
+    def decoded_image_embedding(self, x_hat: Tensor) -> Tensor:
+        """C(x_hat) of a decoded [0, 1] image, through CLIP's own preprocessing (any codec, learned or not)."""
+        return self.vision(self.vision.preprocess(x_hat))
+
+    @torch.no_grad()
     def reconstruction_embedding(self, y_hat: Tensor) -> Tensor:
         """C(g_s(y_hat)): the Reconstruction baseline."""
-        return self.vision(self.vision.preprocess(self.codec.synthesize(y_hat)))
+        return self.decoded_image_embedding(self.codec.synthesize(y_hat))
 
     # -- training -----------------------------------------------------------------------------------------
     def training_loss(self, batch: dict[str, Tensor]) -> SurrogateLossOutput:

@@ -150,6 +150,9 @@ def test_cli_encodes_and_decodes_awkward_images_and_refuses_bad_files(tmp_path):
     assert res.returncode == 2 and res.stderr.strip().splitlines()[-1].startswith(
         f"error: {imgs / 'truncated.png'}: not a readable"
     )
+    Image.new("L", (16385, 1)).save(imgs / "huge.png")
+    res = _cli("encode", "--codec", ckpt, imgs / "huge.png", "-o", tmp_path / "bits")
+    assert res.returncode == 2 and res.stderr.strip().splitlines()[-1].endswith("larger than 16384 pixels per side")
     bad = tmp_path / "bits" / "rgba.lbr"
     bad.write_bytes(bad.read_bytes()[:-5])
     res = _cli("decode", "--codec", ckpt, bad, "-o", tmp_path / "rec")

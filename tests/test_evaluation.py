@@ -84,7 +84,12 @@ def test_evaluate_end_to_end_on_a_tiny_run(tmp_path):
             (run / ".hydra").mkdir()
             OmegaConf.save(cfg, run / ".hydra" / "config.yaml")  # as Hydra writes it for a CLI run
         runs.append(str(run))
+    kodak = tmp_path / "kodak"
+    kodak.mkdir()
+    for i, size in enumerate([(70, 50), (64, 64)]):
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (*size, 3), dtype=np.uint8)).save(kodak / f"{i}.png")
     overrides = [
+        f"kodak={kodak}",
         f"runs=[{runs[0]},{runs[1]}]",
         f"paths.output_dir={tmp_path / 'eval'}",
         "few_shot_groups=200",
@@ -96,6 +101,7 @@ def test_evaluate_end_to_end_on_a_tiny_run(tmp_path):
     ]
     with initialize_config_dir(str(CONF), version_base="1.3"):
         results = evaluate.evaluate(compose("evaluate", overrides=overrides))
+    assert [r["images"] for r in results["kodak"]] == [2, 2] and all(r["psnr"] > 0 for r in results["kodak"])
     methods = [r["method"] for r in results["rows"]]
     assert methods.count("d1") == 2 and methods.count("reconstruction") == 2 and methods.count("jpeg") == 2
     d1 = [r for r in results["rows"] if r["method"] == "d1"]
