@@ -89,3 +89,24 @@ def test_cli_missing_mandatory_value_names_the_key(tmp_path):
     res = _cli("experiment=paper_d1", f"paths.log_dir={tmp_path}", "logger=none")
     assert res.returncode == 2
     assert "codec.checkpoint" in res.stderr.strip().splitlines()[-1] or "data.root" in res.stderr
+
+
+def test_slurm_launcher_follows_the_trainer(tmp_path):
+    from conftest import CONF
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        cfg = compose(
+            "train",
+            overrides=["hydra/launcher=slurm", "trainer=ddp", "trainer.devices=8", "trainer.num_nodes=2"],
+            return_hydra_config=True,
+        )
+        launcher = OmegaConf.to_container(cfg.hydra.launcher, resolve=False)
+        assert launcher["_target_"].endswith("SlurmLauncher")
+        assert (cfg.hydra.launcher.nodes, cfg.hydra.launcher.tasks_per_node, cfg.hydra.launcher.gpus_per_node) == (
+            2,
+            8,
+            8,
+        )
+        assert cfg.trainer.strategy == "ddp" and cfg.trainer.accelerator == "gpu"
