@@ -1,17 +1,19 @@
 """The bitstream that crosses the network (paper Fig. 2: edge encoder -> server). A server recovers y_hat from it
-without any pixels; the reported rate everywhere is 8 * len(bytes) / (H * W) of the original image.
+without any pixels; the rate reported everywhere is 8 * len(bytes) / (H * W) of the original image.
 
-Layout (all integers big-endian):
-    magic b"LBRB" | version u8 | header length u32 | header (UTF-8 JSON) | payload | CRC-32 u32 of all before
-The header names the codec, a hash of its config, the rate point, the original size and the padding, the
-entropy models' latent shapes and the byte length of every compressai string; the payload is those strings.
-Every check runs before any entropy decoding, so a damaged or foreign file is refused, never decoded.
+Layout (big-endian; about 25 bytes of overhead, which matters at the low rates of small images):
+    magic b"LB" | version u8 | codec id u8 | config hash 4 bytes | lambda float32 | height u16 | width u16
+    | number of entropy models u8 | per model: number of strings u8, each string's length (LEB128 varint)
+    | payload (compressai's strings) | CRC-32 u32 of all before
+The padding (bottom / right, to a multiple of 64) and the latent shapes follow from the size and the codec, so
+they are derived, not stored. Every check runs before entropy decoding: a damaged or foreign file is refused.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import struct
 import zlib
 from dataclasses import dataclass
@@ -24,108 +26,110 @@ from torch import Tensor
 from latentbridge.errors import LatentBridgeError
 from models.codec_adapter import CodecAdapter
 
-MAGIC = b"LBRB"
-VERSION = 1
-_HEAD = struct.Struct(">4sBI")
+MAGIC = b"LB"
+VERSION = 2
+CODEC_IDS = {"mini": 1, "bmshj2018-hyperprior": 2, "mbt2018-mean": 3, "elic2022-official": 4, "elic2022-chandelier": 5}
+_FIXED = struct.Struct(">2sBB4sfHH")
 _CRC = struct.Struct(">I")
-MAX_HEADER = 1 << 20
 
 
 class BitstreamError(LatentBridgeError):
     """The bytes are not a LatentBridge bitstream this codec can decode."""
 
 
-def codec_config_hash(name: str, arch: dict[str, Any], lmbda: float | None) -> str:
-    """16 hex digits identifying a codec configuration (name, architecture, rate point)."""
+def codec_config_hash(name: str, arch: dict[str, Any], lmbda: float | None) -> bytes:
+    """4 bytes identifying a codec configuration (name, architecture, rate point)."""
     canon = json.dumps({"name": name, "arch": dict(sorted(arch.items())), "lmbda": lmbda}, sort_keys=True)
-    return hashlib.sha256(canon.encode()).hexdigest()[:16]
+    return hashlib.sha256(canon.encode()).digest()[:4]
+
+
+def _as_f32(v: float | None) -> float:
+    return struct.unpack(">f", struct.pack(">f", math.nan if v is None else float(v)))[0]
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
 
 
 @dataclass
 class Bitstream:
-    """A decoded container: header fields plus compressai's strings and shapes."""
+    """A parsed container: header fields and compressai's strings."""
 
-    codec: str
-    config_hash: str
-    lmbda: float | None
+    codec_id: int
+    config_hash: bytes
+    lmbda: float
     height: int
     width: int
-    pad_bottom: int
-    pad_right: int
-    shape: Any
     strings: list[list[bytes]]
 
+    @property
+    def pad_bottom(self) -> int:
+        return (-self.height) % 64
+
+    @property
+    def pad_right(self) -> int:
+        return (-self.width) % 64
+
     def to_bytes(self) -> bytes:
-        header = {
-            "codec": self.codec,
-            "config_hash": self.config_hash,
-            "lmbda": self.lmbda,
-            "size": [self.height, self.width],
-            "padding": [self.pad_bottom, self.pad_right],
-            "shape": _shape_to_json(self.shape),
-            "lengths": [[len(s) for s in group] for group in self.strings],
-        }
-        head = json.dumps(header, separators=(",", ":")).encode()
-        body = _HEAD.pack(MAGIC, VERSION, len(head)) + head + b"".join(s for g in self.strings for s in g)
+        if len(self.strings) > 255 or any(len(g) > 255 for g in self.strings):
+            raise ValueError("too many entropy-coded strings for the bitstream format")
+        head = _FIXED.pack(MAGIC, VERSION, self.codec_id, self.config_hash, self.lmbda, self.height, self.width)
+        table = bytes([len(self.strings)]) + b"".join(
+            bytes([len(g)]) + b"".join(_varint(len(s)) for s in g) for g in self.strings
+        )
+        body = head + table + b"".join(s for g in self.strings for s in g)
         return body + _CRC.pack(zlib.crc32(body))
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Bitstream:
-        if len(data) < _HEAD.size + _CRC.size:
+        if len(data) < _FIXED.size + 1 + _CRC.size:
             raise BitstreamError(f"bitstream too short ({len(data)} bytes)")
-        magic, version, head_len = _HEAD.unpack_from(data)
+        magic, version, codec_id, config_hash, lmbda, height, width = _FIXED.unpack_from(data)
         if magic != MAGIC:
             raise BitstreamError("not a LatentBridge bitstream (bad magic)")
         if version != VERSION:
             raise BitstreamError(f"bitstream format version {version}, this build reads version {VERSION}")
         (crc,) = _CRC.unpack_from(data, len(data) - _CRC.size)
-        if zlib.crc32(data[: -_CRC.size]) != crc:
+        body = data[: -_CRC.size]
+        if zlib.crc32(body) != crc:
             raise BitstreamError("bitstream is corrupt or truncated (checksum mismatch)")
-        start = _HEAD.size
-        if head_len > MAX_HEADER or start + head_len > len(data) - _CRC.size:
-            raise BitstreamError("bitstream header length is out of range")
-        try:
-            h = json.loads(data[start : start + head_len].decode())
-            lengths = [[int(n) for n in group] for group in h["lengths"]]
-            height, width = (int(v) for v in h["size"])
-            pad_bottom, pad_right = (int(v) for v in h["padding"])
-            fields = (str(h["codec"]), str(h["config_hash"]), h["lmbda"], _shape_from_json(h["shape"]))
-        except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
-            raise BitstreamError(f"bitstream header is malformed ({type(e).__name__})") from None
-        payload = data[start + head_len : -_CRC.size]
-        if any(n < 0 for g in lengths for n in g) or sum(map(sum, lengths)) != len(payload):
-            raise BitstreamError("bitstream payload length does not match its header")
-        if not (0 < height <= 1 << 16 and 0 < width <= 1 << 16 and 0 <= pad_bottom < 64 and 0 <= pad_right < 64):
+        if height == 0 or width == 0:
             raise BitstreamError(f"bitstream holds an impossible image size {height}x{width}")
-        strings, pos = [], 0
-        for group in lengths:
-            row = []
-            for n in group:
-                row.append(payload[pos : pos + n])
+        pos, lengths = _FIXED.size, []
+        try:
+            for _ in range(body[pos : pos + 1][0]):
+                pos += 1
+                row = []
+                for _ in range(body[pos]):
+                    n, shift = 0, 0
+                    while True:
+                        pos += 1
+                        n |= (body[pos] & 0x7F) << shift
+                        if not body[pos] & 0x80:
+                            break
+                        shift += 7
+                        if shift > 28:
+                            raise BitstreamError("bitstream length table is malformed")
+                    row.append(n)
+                lengths.append(row)
+            pos += 1
+        except IndexError:
+            raise BitstreamError("bitstream length table is truncated") from None
+        if sum(map(sum, lengths)) != len(body) - pos:
+            raise BitstreamError("bitstream payload length does not match its header")
+        strings = []
+        for row in lengths:
+            group = []
+            for n in row:
+                group.append(body[pos : pos + n])
                 pos += n
-            strings.append(row)
-        codec, config_hash, lmbda, shape = fields
-        return cls(codec, config_hash, lmbda, height, width, pad_bottom, pad_right, shape, strings)
-
-
-def _shape_to_json(shape: Any) -> Any:
-    if isinstance(shape, dict):
-        return {k: _shape_to_json(v) for k, v in shape.items()}
-    if isinstance(shape, torch.Size) or (isinstance(shape, (list, tuple)) and all(isinstance(v, int) for v in shape)):
-        return {"size": [int(v) for v in shape]}
-    if isinstance(shape, (list, tuple)):
-        return [_shape_to_json(v) for v in shape]
-    raise TypeError(f"cannot serialize latent shape {shape!r}")
-
-
-def _shape_from_json(obj: Any) -> Any:
-    if isinstance(obj, dict) and set(obj) == {"size"}:
-        return torch.Size([int(v) for v in obj["size"]])
-    if isinstance(obj, dict):
-        return {str(k): _shape_from_json(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_shape_from_json(v) for v in obj]
-    raise TypeError("shape")
+            strings.append(group)
+        return cls(codec_id, config_hash, lmbda, height, width, strings)
 
 
 def pad_to_multiple(x: Tensor, multiple: int = 64) -> tuple[Tensor, int, int]:
@@ -137,34 +141,46 @@ def pad_to_multiple(x: Tensor, multiple: int = 64) -> tuple[Tensor, int, int]:
 
 @torch.no_grad()
 def encode_image(codec: CodecAdapter, x: Tensor, lmbda: float | None) -> bytes:
-    """One image x (1, 3, H, W) in [0, 1], any size -> the bytes sent. Entropy tables must be up to date
-    (``codec.model.update(force=True)`` after training)."""
+    """One image x (1, 3, H, W) in [0, 1], any size up to 65535 a side -> the bytes sent. Entropy tables must be
+    up to date (``codec.model.update(force=True)`` after training)."""
     if x.ndim != 4 or x.shape[0] != 1 or x.shape[1] != 3:
         raise ValueError(f"encode_image takes one RGB image (1, 3, H, W), got {tuple(x.shape)}")
     h, w = x.shape[-2:]
-    padded, pb, pr = pad_to_multiple(x, codec.pad_multiple)
+    if not (0 < h <= 65535 and 0 < w <= 65535):
+        raise ValueError(f"image size {h}x{w} is outside the bitstream's 1..65535 range")
+    padded, _, _ = pad_to_multiple(x, codec.pad_multiple)
     out = codec.compress(padded)
+    if _shape_key(out["shape"]) != _shape_key(codec.coded_shape(*padded.shape[-2:])):
+        raise RuntimeError(f"codec '{codec.name}' coded shape {out['shape']} differs from its derived shape")
     bs = Bitstream(
-        codec.name,
+        CODEC_IDS[codec.name],
         codec_config_hash(codec.name, codec.arch, lmbda),
-        lmbda,
+        _as_f32(lmbda),
         h,
         w,
-        pb,
-        pr,
-        out["shape"],
         [list(g) for g in out["strings"]],
     )
     return bs.to_bytes()
 
 
+def _shape_key(shape: Any) -> Any:
+    if isinstance(shape, dict):
+        return {k: _shape_key(v) for k, v in shape.items()}
+    if isinstance(shape, (list, tuple)) and shape and not isinstance(shape[0], int):
+        return [_shape_key(v) for v in shape]
+    return tuple(int(v) for v in shape)
+
+
 def parse_for(codec: CodecAdapter, data: bytes, lmbda: float | None) -> Bitstream:
     """Parse and check that the bitstream was made by this codec at this rate point."""
     bs = Bitstream.from_bytes(data)
-    if bs.codec != codec.name:
-        raise BitstreamError(f"bitstream was coded by codec '{bs.codec}', this decoder is '{codec.name}'")
-    if bs.lmbda != lmbda:
-        raise BitstreamError(f"bitstream is rate point lambda={bs.lmbda}, this decoder is lambda={lmbda}")
+    names = {v: k for k, v in CODEC_IDS.items()}
+    if bs.codec_id != CODEC_IDS[codec.name]:
+        coded_by = names.get(bs.codec_id, f"unknown codec id {bs.codec_id}")
+        raise BitstreamError(f"bitstream was coded by codec '{coded_by}', this decoder is '{codec.name}'")
+    theirs, ours = bs.lmbda, _as_f32(lmbda)
+    if not (theirs == ours or (math.isnan(theirs) and math.isnan(ours))):
+        raise BitstreamError(f"bitstream is rate point lambda={theirs:.6g}, this decoder is lambda={ours:.6g}")
     if bs.config_hash != codec_config_hash(codec.name, codec.arch, lmbda):
         raise BitstreamError(f"bitstream was coded by another '{codec.name}' configuration (config hash differs)")
     return bs
@@ -174,8 +190,9 @@ def parse_for(codec: CodecAdapter, data: bytes, lmbda: float | None) -> Bitstrea
 def decode_latent(codec: CodecAdapter, data: bytes, lmbda: float | None) -> tuple[Tensor, Bitstream]:
     """Bytes -> y_hat (of the padded image) without any pixels: the neck path's input."""
     bs = parse_for(codec, data, lmbda)
+    shape = codec.coded_shape(bs.height + bs.pad_bottom, bs.width + bs.pad_right)
     try:
-        return codec.decompress_latent(bs.strings, bs.shape), bs
+        return codec.decompress_latent(bs.strings, shape), bs
     except (RuntimeError, ValueError, IndexError, KeyError, TypeError) as e:
         raise BitstreamError(f"bitstream does not fit codec '{codec.name}' ({type(e).__name__})") from None
 

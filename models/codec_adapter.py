@@ -96,6 +96,11 @@ class CodecAdapter(nn.Module):
         """Entropy-decode y_hat only: what the server's transform-neck reads (no g_s, no pixels)."""
         raise NotImplementedError
 
+    def coded_shape(self, height: int, width: int) -> Any:
+        """The ``shape`` compress() returns for a padded H x W image (derived, so bitstreams need not carry it):
+        the hyper-latent grid, H/64 x W/64."""
+        return torch.Size([height // 64, width // 64])
+
 
 class HyperpriorAdapter(CodecAdapter):
     """Ballé et al. 2018 scale hyperprior (``bmshj2018-hyperprior``): y_hat = round(y)."""
@@ -142,6 +147,10 @@ class ElicAdapter(CodecAdapter):
 
     def decompress_latent(self, strings: list[list[bytes]], shape: Any) -> Tensor:
         return self.model.latent_codec.decompress(strings, shape)["y_hat"]
+
+    def coded_shape(self, height: int, width: int) -> Any:
+        grid = (height // 16, width // 16)
+        return {"y": [torch.Size([g, *grid]) for g in self.model.groups], "hyper": super().coded_shape(height, width)}
 
 
 def _flatten_likelihoods(lk: dict[str, Any], prefix: str = "") -> dict[str, Tensor]:
