@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -65,10 +66,13 @@ def bd_table(rows: list[dict[str, Any]], metric: str, anchor: str) -> dict[str, 
         if method in (anchor, "uncompressed"):
             continue
         try:
-            out[method] = {
+            values = {
                 "bd_rate_percent": float(bd.bd_rate(ra, da, rt, dt, method="pchip", require_matching_points=False)),
                 f"bd_{metric}": float(bd.bd_psnr(ra, da, rt, dt, method="pchip", require_matching_points=False)),
             }
-        except Exception as e:  # too few points, no overlap, non-monotonic curve
+        except Exception as e:  # too few points, or a curve that is not monotonic in the metric
             out[method] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
+            continue
+        # NaN: the curves do not overlap enough (rate for BD-rate, metric for BD-metric); JSON has no NaN
+        out[method] = {k: (v if math.isfinite(v) else None) for k, v in values.items()}
     return out
