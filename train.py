@@ -64,6 +64,20 @@ def scenario_inputs(cfg: DictConfig) -> list[str]:
     return [k for k, v in raw.items() if isinstance(v, str) and v == f"${{{k}}}"]
 
 
+def validate_names(cfg: DictConfig) -> None:
+    """Cheap checks of component names, before any preparation or training can take minutes."""
+    inputs = scenario_inputs(cfg)
+    if "codec" in inputs:
+        from models.codec_adapter import codec_spec
+
+        codec_spec(cfg.codec.name)
+    if "vision" in inputs and cfg.vision.get("arch") is None:
+        import open_clip
+
+        if cfg.vision.model_name not in open_clip.list_models():
+            raise ConfigError(f"vision.model_name: unknown open_clip model '{cfg.vision.model_name}'")
+
+
 def prepare_dependencies(cfg: DictConfig) -> None:
     """Train and cache the components the scenario needs whose checkpoint is missing and that have a recipe."""
     from filelock import FileLock
@@ -140,6 +154,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     started = time.time()
     L.seed_everything(cfg.seed, workers=True)
     out_dir = Path(cfg.paths.output_dir)
+    validate_names(cfg)
     prepare_dependencies(cfg)
 
     datamodule = instantiate(cfg.data)

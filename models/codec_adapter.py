@@ -183,6 +183,13 @@ CODECS: dict[str, CodecSpec] = {
 }
 
 
+def codec_spec(name: str) -> CodecSpec:
+    """The registry entry for ``name``; an unknown name is a one-line error naming ``codec.name``."""
+    if name not in CODECS:
+        raise ConfigError(f"codec.name: unknown codec '{name}' (known: {', '.join(sorted(CODECS))})")
+    return CODECS[name]
+
+
 def build_codec(
     name: str,
     arch: dict[str, Any] | None = None,
@@ -195,9 +202,7 @@ def build_codec(
 
     Extra keys (``lmbda``, preparation settings) belong to the config group and are ignored here.
     """
-    if name not in CODECS:
-        raise ConfigError(f"codec.name: unknown codec '{name}' (known: {', '.join(sorted(CODECS))})")
-    spec = CODECS[name]
+    spec = codec_spec(name)
     arch = {**spec.arch, **dict(arch or {})}
     if checkpoint is None and zoo_quality is not None:
         if spec.zoo is None:

@@ -39,13 +39,13 @@ def test_paper_d1_builds_with_random_weights_and_the_table3_neck(tmp_path):
     assert not any(p.requires_grad for p in module.vision.parameters())
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
+def _cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "train.py", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=timeout,
         env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HOME": str(ROOT)},
     )
 
@@ -56,8 +56,11 @@ def test_cli_composes_paper_d1_without_network():
     assert "ViT-L-14" in res.stdout and "elic2022-chandelier" in res.stdout
 
 
-def test_cli_unknown_codec_name_is_one_line(tmp_path):
-    res = _cli("codec.name=nope", f"paths.log_dir={tmp_path}", "logger=none")
+def test_cli_unknown_codec_name_is_one_line_before_any_preparation(tmp_path):
+    # an empty cache: a name check that came after preparing the mini teacher would take minutes (timeout)
+    res = _cli(
+        "codec.name=nope", f"paths.log_dir={tmp_path}", f"paths.cache_dir={tmp_path}/cache", "logger=none", timeout=60
+    )
     assert res.returncode == 2
     assert res.stderr.strip().splitlines()[-1].startswith("error: codec.name: unknown codec 'nope'")
     assert "Traceback" not in res.stderr
