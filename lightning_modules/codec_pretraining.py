@@ -15,7 +15,7 @@ from torch import Tensor
 from torchmetrics import MeanMetric
 from torchmetrics.functional.image import peak_signal_noise_ratio
 
-from models.codec_adapter import CodecAdapter, bits_per_pixel, codec_checkpoint
+from models.codec_adapter import CodecAdapter, codec_checkpoint
 
 
 class CodecPretraining(L.LightningModule):
@@ -72,21 +72,19 @@ class CodecPretraining(L.LightningModule):
         self.log("train/aux_loss", aux_loss, batch_size=bs)
 
     def on_train_epoch_end(self) -> None:
-        for sched in self.lr_schedulers() if isinstance(self.lr_schedulers(), list) else [self.lr_schedulers()]:
-            sched.step()
+        self.lr_schedulers().step()  # one scheduler, for the main optimizer (manual optimization)
 
     @torch.no_grad()
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         if "image" not in batch:
             return
         x = batch["image"]
-        out = self.codec(x)
+        out = self.codec(x)  # eval mode: quantized as coded, so its likelihoods and x_hat are those of y_hat
         rd = self.rd_loss(out, x)
-        y_hat, likelihoods = self.codec.latent(x)
         values = {
             "rd_loss": rd["loss"],
-            "bpp": bits_per_pixel(likelihoods, x.shape[-2] * x.shape[-1]),
-            "psnr": peak_signal_noise_ratio(self.codec.synthesize(y_hat), x, data_range=1.0),
+            "bpp": rd["bpp_loss"],
+            "psnr": peak_signal_noise_ratio(out["x_hat"].clamp(0, 1), x, data_range=1.0),
         }
         for k, v in values.items():
             self.val_metrics[k].update(v, weight=x.shape[0])
