@@ -3,7 +3,7 @@ PY ?= .venv/bin/python
 PIP ?= .venv/bin/pip
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install system-deps train test test-slow test-all lint format clean
+.PHONY: install system-deps train reproduce-mini test test-slow test-all lint format clean
 
 system-deps:  ## Debian packages: the mini dataset (needs root; skipped when already installed)
 	@if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then \
@@ -17,6 +17,9 @@ install: system-deps  ## venv + pinned dependencies (offline on the dev machine)
 
 train:  ## the main job: d1 on the offline mini setup (prepares and caches the mini teacher and codec once)
 	$(PY) train.py $(ARGS)
+
+reproduce-mini:  ## paper 1's Fig. 3, 4, 6(a, b) on the mini setup: 24 runs, evaluation, plots, findings (~1 h)
+	$(PY) reproduce.py plan=mini $(ARGS)
 
 test:  ## fast tests (< 10 min on 2 cores)
 	$(PY) -m pytest -q $(ARGS)

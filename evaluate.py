@@ -8,7 +8,7 @@ only. Methods: the run's scenario (neck path, e.g. ``d1``), ``reconstruction`` (
 encoder), ``uncompressed`` (the upper bound) and the traditional-codec anchors. Metrics: real bpp
 (8 * bytes / pixels) beside the likelihood estimate, zero-shot top-1, 5-way 1-shot accuracy, PSNR, MS-SSIM
 (images over 160 px a side), and on an optional Kodak-style folder the full-size reconstruction quality.
-Writes results.json, results.csv, one PNG per metric and bd.json (BD-rate / BD-metric against ``bd_anchor``).
+Writes results.json (with BD-rate / BD-metric against ``bd_anchor``), results.csv and one PNG per metric.
 """
 
 from __future__ import annotations
@@ -92,7 +92,7 @@ def load_rate_point(run_dir: Path, cfg: DictConfig) -> tuple[Any, Any, DictConfi
 def evaluate_rate_point(module: Any, datamodule: Any, lmbda: float, groups: np.ndarray | None) -> dict[str, Any]:
     """Per-path embeddings and per-image rate / quality over the test split, through real bitstreams."""
     codec = module.codec
-    emb: dict[str, list[torch.Tensor]] = {"neck": [], "reconstruction": [], "uncompressed": []}
+    emb: dict[str, list[torch.Tensor]] = {"method": [], "reconstruction": [], "uncompressed": []}
     labels, nbytes, est_bits, psnrs, ssims, pixels = [], 0, 0.0, [], [], 0
     for batch in datamodule.test_dataloader():
         if "label" not in batch:
@@ -106,7 +106,7 @@ def evaluate_rate_point(module: Any, datamodule: Any, lmbda: float, groups: np.n
         x_hat = codec.synthesize(y_hat)
         psnrs.append(psnr(x_hat, x))
         ssims += _ms_ssim(x_hat, x) or []
-        emb["neck"].append(module.neck_embedding(y_hat))
+        emb["method"].append(module.method_embedding(y_hat))
         emb["reconstruction"].append(module.decoded_image_embedding(x_hat))
         emb["uncompressed"].append(module.teacher_embedding(batch["teacher_image"]))
         labels.append(batch["label"])
@@ -205,9 +205,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
                 console.print(f"[yellow]skipping 5-way 1-shot: {e}[/yellow]")
         console.print(f"rate point {rd} (lambda={lmbda})")
         r = evaluate_rate_point(module, dm, lmbda, groups)
-        method = type(module).__name__.removesuffix("Module").lower()
+        method = module.scenario_name
         common = {"lmbda": lmbda, "bpp": r["bpp"], "bpp_est": r["bpp_est"], "images": r["images"], "run": str(rd)}
-        rows.append({"method": method, **common, **r["neck"], "psnr": r["psnr"], "ms_ssim": r["ms_ssim"]})
+        rows.append({"method": method, **common, **r["method"], "psnr": r["psnr"], "ms_ssim": r["ms_ssim"]})
         rows.append(
             {"method": "reconstruction", **common, **r["reconstruction"], "psnr": r["psnr"], "ms_ssim": r["ms_ssim"]}
         )

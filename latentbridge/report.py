@@ -13,6 +13,7 @@ LABELS = {
     "top1_uncompressed": "top-1, uncompressed image -> full teacher C(x)",
     "top1_neck": "top-1, neck path C'(T(y_hat))",
     "top1_reconstruction": "top-1, Reconstruction C(g_s(y_hat))",
+    "top1_post_processing": "top-1, Post-processing C(P(g_s(y_hat)))",
     "psnr": "PSNR of g_s(y_hat) (dB)",
     "rd_loss": "rate-distortion loss",
     "top1": "zero-shot top-1",

@@ -12,3 +12,4 @@ class D1Module(BridgeModule):
     """d1: codec frozen (eval mode, no gradients), neck trained with L_S."""
 
     trainable: ClassVar[tuple[str, ...]] = ("neck",)
+    scenario_name: ClassVar[str] = "d1"

@@ -7,7 +7,9 @@ Every adapter gives
 
 compressai's ``forward()`` does not return y_hat (CompressAI issue #329), so each family says how to get it.
 In eval mode compressai's quantizers round (around the predicted means where the family has them), which is
-exactly what ``compress()`` codes.
+exactly what ``compress()`` codes. In train mode (phase 2 updates the codec) the rate uses compressai's additive
+noise while y_hat is rounded with a straight-through gradient ("mixed quantization", as ELIC trains), so the
+transform-neck and g_s see the values that will be coded.
 """
 
 from __future__ import annotations
@@ -26,12 +28,15 @@ from compressai.models import (
     MeanScaleHyperprior,
     ScaleHyperprior,
 )
+from compressai.ops import quantize_ste
 from torch import Tensor, nn
 
 from latentbridge.atomic_io import read_checkpoint
 from latentbridge.errors import CheckpointError, ConfigError
 
 CHECKPOINT_FORMAT = "latentbridge-codec/1"
+#: entropy-coder tables: derived by ``update(force=True)``, variable-sized, never stored in scenario checkpoints
+ENTROPY_TABLES = ("_quantized_cdf", "_offset", "_cdf_length", "scale_table")
 
 
 class LatentOutput(NamedTuple):
@@ -53,12 +58,14 @@ class CodecAdapter(nn.Module):
 
     stride: int = 16  # spatial downsampling from x to y_hat
     pad_multiple: int = 64  # compressai hyperprior codecs need H, W divisible by 64
+    decoder: str = "model.g_s"  # the synthesis transform: unused and frozen in d3 (paper Table 1)
 
-    def __init__(self, model: CompressionModel, name: str, arch: dict[str, Any]) -> None:
+    def __init__(self, model: CompressionModel, name: str, arch: dict[str, Any], lmbda: float | None = None) -> None:
         super().__init__()
         self.model = model
         self.name = name
         self.arch = dict(arch)
+        self.lmbda = lmbda  # the rate point (phase-0 lambda), part of a scenario checkpoint's signature
 
     @property
     def latent_channels(self) -> int:
@@ -110,6 +117,8 @@ class HyperpriorAdapter(CodecAdapter):
         y = m.g_a(x)
         z_hat, z_lik = m.entropy_bottleneck(m.h_a(torch.abs(y)))
         y_hat, y_lik = m.gaussian_conditional(y, m.h_s(z_hat))
+        if self.training:
+            y_hat = quantize_ste(y)
         return LatentOutput(y_hat, {"y": y_lik, "z": z_lik})
 
     def decompress_latent(self, strings: list[list[bytes]], shape: Any) -> Tensor:
@@ -128,6 +137,8 @@ class MeanScaleAdapter(CodecAdapter):
         z_hat, z_lik = m.entropy_bottleneck(m.h_a(y))
         scales, means = m.h_s(z_hat).chunk(2, 1)
         y_hat, y_lik = m.gaussian_conditional(y, scales, means=means)
+        if self.training:
+            y_hat = quantize_ste(y - means) + means
         return LatentOutput(y_hat, {"y": y_lik, "z": z_lik})
 
     def decompress_latent(self, strings: list[list[bytes]], shape: Any) -> Tensor:
@@ -139,7 +150,8 @@ class MeanScaleAdapter(CodecAdapter):
 
 
 class ElicAdapter(CodecAdapter):
-    """ELIC (He et al. 2022; paper 4.1): uneven channel groups + checkerboard context in a latent codec."""
+    """ELIC (He et al. 2022; paper 4.1): uneven channel groups + checkerboard context in a latent codec.
+    compressai's latent codecs already return a straight-through rounded y_hat in train mode."""
 
     def _latent(self, x: Tensor) -> LatentOutput:
         out = self.model.latent_codec(self.model.g_a(x))
@@ -196,11 +208,12 @@ def build_codec(
     checkpoint: str | None = None,
     zoo_quality: int | None = None,
     zoo_metric: str = "mse",
+    lmbda: float | None = None,
     **_: Any,
 ) -> CodecAdapter:
     """Build a codec adapter: from ``checkpoint`` (local file), else the compressai zoo, else random init.
 
-    Extra keys (``lmbda``, preparation settings) belong to the config group and are ignored here.
+    ``lmbda`` names the rate point; extra keys (preparation settings) belong to the config group.
     """
     spec = codec_spec(name)
     arch = {**spec.arch, **dict(arch or {})}
@@ -217,9 +230,9 @@ def build_codec(
                 f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); offline? use codec.checkpoint"
             ) from None
         arch = {"N": model.N if hasattr(model, "N") else arch["N"], "M": model.M if hasattr(model, "M") else arch["M"]}
-        return spec.adapter_cls(model, name, arch)
+        return spec.adapter_cls(model, name, arch, lmbda)
     model = spec.model_cls(**arch)
-    adapter = spec.adapter_cls(model, name, arch)
+    adapter = spec.adapter_cls(model, name, arch, lmbda)
     if checkpoint is not None:
         load_codec_weights(adapter, checkpoint)
     return adapter
@@ -273,6 +286,6 @@ def load_codec_checkpoint(path: str | Path) -> tuple[CodecAdapter, float | None]
     obj = read_checkpoint(path, "codec checkpoint")
     if not (isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT):
         raise CheckpointError(f"{path} is not a LatentBridge codec checkpoint (train one with experiment=*_codec)")
-    codec = build_codec(obj["name"], arch=obj["arch"], checkpoint=str(path)).eval()
+    codec = build_codec(obj["name"], arch=obj["arch"], checkpoint=str(path), lmbda=obj.get("lmbda")).eval()
     codec.model.update(force=True)
     return codec, obj.get("lmbda")
