@@ -6,8 +6,11 @@ import sys
 import pytest
 from conftest import ROOT, hydra_cfg
 
+EXPERIMENTS = ["mini_d1", "mini_d2", "mini_d3", "mini_post_processing", "mini_codec", "mini_teacher"]
+EXPERIMENTS += ["paper_d1", "paper_d2", "paper_d3", "paper_post_processing", "paper_codec"]
 
-@pytest.mark.parametrize("experiment", ["mini_d1", "mini_codec", "mini_teacher", "paper_d1", "paper_codec"])
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_every_experiment_composes(experiment, tmp_path):
     with hydra_cfg([f"experiment={experiment}"], tmp_path) as cfg:
         assert cfg.task_name == experiment
@@ -24,6 +27,18 @@ def test_paper_d1_matches_the_paper(tmp_path):
         assert dict(cfg.scenario.optimizer) == {"lr": 1e-4, "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.0}
         assert list(cfg.scenario.scheduler.milestones) == [20] and cfg.scenario.scheduler.gamma == 0.1
         assert cfg.trainer.max_epochs == 60 and cfg.trainer.limit_train_batches == 3337
+
+
+def test_paper_phase2_and_post_processing_match_the_paper(tmp_path):
+    for scenario, gamma in (("d2", 65025.0), ("d3", 0.0)):
+        with hydra_cfg([f"experiment=paper_{scenario}"], tmp_path) as cfg:
+            assert cfg.scenario._target_ == f"lightning_modules.{scenario}.{scenario.upper()}Module"
+            assert cfg.loss._target_ == "models.joint_loss.JointLoss" and cfg.loss.gamma == gamma
+            assert cfg.loss.delta * 60 == 65025.0 and cfg.loss.lmbda == cfg.codec.lmbda  # gamma:delta = 60:1
+            assert cfg.codec.arch.M == 320 and cfg.vision.model_name == "ViT-L-14" and cfg.scenario.skip_blocks == 2
+    with hydra_cfg(["experiment=paper_post_processing"], tmp_path) as cfg:
+        assert (cfg.scenario.post.base_channels, cfg.scenario.post.depth) == (64, 4)  # 31.04M (test_phase2)
+        assert cfg.loss._target_ == "models.surrogate_loss.SurrogateLoss" and cfg.loss.e1 == 20
 
 
 def test_paper_d1_builds_with_random_weights_and_the_table3_neck(tmp_path):
