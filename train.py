@@ -71,7 +71,8 @@ def validate_names(cfg: DictConfig) -> None:
         from models.codec_adapter import codec_spec
 
         codec_spec(cfg.codec.name)
-    if "vision" in inputs and cfg.vision.get("arch") is None:
+    open_clip_target = str(cfg.vision.get("_target_", "")).endswith("vision_encoder.build_vision_encoder")
+    if "vision" in inputs and open_clip_target and cfg.vision.get("arch") is None:
         import open_clip
 
         if cfg.vision.model_name not in open_clip.list_models():

@@ -7,7 +7,7 @@ import pytest
 from conftest import ROOT, hydra_cfg
 
 EXPERIMENTS = ["mini_d1", "mini_d2", "mini_d3", "mini_post_processing", "mini_codec", "mini_teacher"]
-EXPERIMENTS += ["paper_d1", "paper_d2", "paper_d3", "paper_post_processing", "paper_codec"]
+EXPERIMENTS += ["paper_d1", "paper_d2", "paper_d3", "paper_post_processing", "paper_codec", "paper_d1_llava"]
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
