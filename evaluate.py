@@ -259,6 +259,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
 def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     keys = ["method", "lmbda", "quality", "bpp", "bpp_est", "top1", "few_shot", "psnr", "ms_ssim", "images", "run"]
+    keys += sorted({k for r in rows for k in r} - set(keys))  # e.g. MLLM task scores (mllm_evaluate.py)
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=keys, extrasaction="ignore")
     writer.writeheader()

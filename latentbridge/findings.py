@@ -5,6 +5,11 @@ own words, and are never adjusted to a result:
 (ii)  d2 at least d1, and d3 at least d2, in accuracy (Fig. 3): at every rate point.
 (iii) d2's PSNR within about 1 dB of d1's (|difference| <= 1 dB), d3's much lower (>= 3 dB below d1's) (Fig. 4):
       at every rate point.
+
+Fig. 3 and 4 compare curves over the real bit rate, and phase 2 moves a codec's rate at a given lambda (d3 spends
+about half of d1's bits), so (ii) and (iii) compare at equal rate: each point of one curve against the other curve
+linearly interpolated at that bpp (points outside the other curve's rate range are left out). The comparison at
+equal lambda is reported beside it (``per_lambda``).
 (iv)  Post-processing close to d1 (mean |top-1 difference| over the rate points <= 0.02) at far more server-side
       compute (g_s + U-Net + the encoder's first k blocks >= 2x the transform-neck's MACs per pixel) (4.2, Table 3).
 (v)   The progressive loss beats cross-entropy only and distillation only (Fig. 6b): at every ablation rate point.
@@ -32,6 +37,23 @@ class Rows:
         row = self.by.get((method, lmbda))
         return None if row is None or row.get(metric) is None else float(row[metric])
 
+    def points(self, method: str, metric: str) -> list[tuple[float, float]]:
+        """(real bpp, metric) of a method's rate points, by rate."""
+        pts = [
+            (float(r["bpp"]), float(r[metric]))
+            for (m, _), r in self.by.items()
+            if m == method and r.get(metric) is not None
+        ]
+        return sorted(pts)
+
+    def at_rate(self, method: str, bpp: float, metric: str) -> float | None:
+        """The method's curve linearly interpolated at ``bpp``; None outside its rate range."""
+        pts = self.points(method, metric)
+        for (r0, v0), (r1, v1) in zip(pts, pts[1:]):
+            if r0 <= bpp <= r1:
+                return v0 if r1 == r0 else v0 + (v1 - v0) * (bpp - r0) / (r1 - r0)
+        return None
+
 
 def _finding(fid: str, claim: str, checks: list[tuple[bool | None, str]]) -> dict[str, Any]:
     if not checks or any(ok is None for ok, _ in checks):
@@ -50,6 +72,28 @@ def _cmp(rows: Rows, a: str, b: str, lmbda: float, metric: str, test: Any, fmt: 
     if va is None or vb is None:
         return None, f"{a} or {b} missing at lambda={lmbda}"
     return bool(test(va, vb)), f"lambda={lmbda}: {a} {fmt.format(va)} vs {b} {fmt.format(vb)}"
+
+
+def _cmp_at_rate(rows: Rows, a: str, b: str, metric: str, test: Any, fmt: str = "{:.4f}") -> list[tuple]:
+    """Each rate point of ``a`` against ``b``'s curve at the same bpp."""
+    out = []
+    for bpp, va in rows.points(a, metric):
+        vb = rows.at_rate(b, bpp, metric)
+        if vb is not None:
+            out.append((bool(test(va, vb)), f"{bpp:.3f} bpp: {a} {fmt.format(va)} vs {b} {fmt.format(vb)}"))
+    if not out:
+        a_pts, b_pts = rows.points(a, metric), rows.points(b, metric)
+        if not a_pts or not b_pts:
+            return [(None, f"{a} or {b} missing")]
+        span = lambda p: f"{p[0][0]:.3f}-{p[-1][0]:.3f}"  # noqa: E731
+        return [(None, f"rate ranges do not overlap ({a} {span(a_pts)}, {b} {span(b_pts)} bpp)")]
+    return out
+
+
+def _per_lambda(checks: list[tuple]) -> str:
+    if any(ok is None for ok, _ in checks):
+        return "not measured"
+    return ("holds" if all(ok for ok, _ in checks) else "does not hold") + ": " + "; ".join(t for _, t in checks)
 
 
 def server_macs(run_dirs: dict[str, Path]) -> dict[str, float] | None:
@@ -83,22 +127,28 @@ def check_findings(cfg: DictConfig, rows_list: list[dict[str, Any]]) -> list[dic
             [_cmp(rows, ref, "reconstruction", lm, "top1", lambda a, b: a > b) for lm in rates[:2]],
         )
     )
-    out.append(
-        _finding(
-            "ii",
-            "d2 >= d1 and d3 >= d2 in accuracy",
-            [_cmp(rows, "d2", ref, lm, "top1", lambda a, b: a >= b) for lm in rates]
-            + [_cmp(rows, "d3", "d2", lm, "top1", lambda a, b: a >= b) for lm in rates],
-        )
+    ge = lambda a, b: a >= b  # noqa: E731
+    per_lambda = [_cmp(rows, "d2", ref, lm, "top1", ge) for lm in rates] + [
+        _cmp(rows, "d3", "d2", lm, "top1", ge) for lm in rates
+    ]
+    found = _finding(
+        "ii",
+        "d2 >= d1 and d3 >= d2 in accuracy (at equal rate)",
+        _cmp_at_rate(rows, "d2", ref, "top1", ge) + _cmp_at_rate(rows, "d3", "d2", "top1", ge),
     )
-    out.append(
-        _finding(
-            "iii",
-            "d2's PSNR within 1 dB of d1's; d3's at least 3 dB lower",
-            [_cmp(rows, "d2", ref, lm, "psnr", lambda a, b: abs(a - b) <= 1.0, "{:.2f} dB") for lm in rates]
-            + [_cmp(rows, "d3", ref, lm, "psnr", lambda a, b: a <= b - 3.0, "{:.2f} dB") for lm in rates],
-        )
+    out.append({**found, "per_lambda": _per_lambda(per_lambda)})
+    near = lambda a, b: abs(a - b) <= 1.0  # noqa: E731
+    lower = lambda a, b: a <= b - 3.0  # noqa: E731
+    per_lambda = [_cmp(rows, "d2", ref, lm, "psnr", near, "{:.2f} dB") for lm in rates] + [
+        _cmp(rows, "d3", ref, lm, "psnr", lower, "{:.2f} dB") for lm in rates
+    ]
+    found = _finding(
+        "iii",
+        "d2's PSNR within 1 dB of d1's; d3's at least 3 dB lower (at equal rate)",
+        _cmp_at_rate(rows, "d2", ref, "psnr", near, "{:.2f} dB")
+        + _cmp_at_rate(rows, "d3", ref, "psnr", lower, "{:.2f} dB"),
     )
+    out.append({**found, "per_lambda": _per_lambda(per_lambda)})
     diffs = [
         (rows.get(f.post_processing, lm, "top1"), rows.get(ref, lm, "top1"))
         for lm in rates
@@ -158,5 +208,6 @@ def print_findings(findings: list[dict[str, Any]]) -> None:
     table.add_column("evidence")
     for f in findings:
         holds = {True: "[green]yes[/green]", False: "[red]no[/red]", None: "[yellow]not measured[/yellow]"}[f["holds"]]
-        table.add_row(f["id"], f["claim"], holds, f["evidence"])
+        evidence = f["evidence"] + (f"\n[dim]at equal lambda: {f['per_lambda']}[/dim]" if f.get("per_lambda") else "")
+        table.add_row(f["id"], f["claim"], holds, evidence)
     Console(width=160).print(table)

@@ -208,7 +208,8 @@ class BridgeModule(L.LightningModule):
         self._count_skipped(batch)
         if "label" not in batch:  # every image of the batch was unreadable
             return None
-        opt, *aux_opt = self.optimizers() if isinstance(self.optimizers(), list) else [self.optimizers()]
+        optimizers = self.optimizers()
+        opt, *aux_opt = optimizers if isinstance(optimizers, list) else [optimizers]
         out = self.training_loss(batch)
         total = out.loss
         aux_loss = self.codec.aux_loss() if aux_opt else None

@@ -1,5 +1,7 @@
 """The Hugging Face CLIP backend and LLaVA injection, exactly, on tiny random configurations (offline)."""
 
+import json
+
 import pytest
 import torch
 
@@ -102,18 +104,155 @@ def test_a_neck_trained_against_the_hf_backend_targets_llavas_tower(tiny_llava):
     assert torch.equal(enc.run_blocks(enc.embed(pixels), 0, 2), hidden[2])
 
 
-def test_d1_trains_a_neck_against_the_hf_backend(tmp_path):
-    """vision=hf_clip_vit_l14_336 with a tiny random CLIPConfig: the whole d1 run works on the second backend."""
+WORDS = ["<pad>", "</s>", "<s>", "<unk>", "USER:", "ASSISTANT:", "is", "there", "a", "cat", "dog", "?", "yes", "no"]
+
+
+def _tiny_tokenizer():
+    """A word-level tokenizer whose ids fit the tiny LLaVA (<image> = IMAGE_TOKEN): built offline."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {w: i for i, w in enumerate(WORDS)} | {f"w{i}": i for i in range(len(WORDS), IMAGE_TOKEN)}
+    vocab["<image>"] = IMAGE_TOKEN
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>", eos_token="</s>", extra_special_tokens=["<image>"]
+    )
+
+
+@pytest.fixture(scope="module")
+def tiny_task(tmp_path_factory):
+    """A local lmms-eval task: three coloured images, one question, exact match."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("lmms")
+    task = root / "tasks"
+    task.mkdir()
+    docs = []
+    for i, colour in enumerate([(255, 0, 0), (0, 255, 0), (0, 0, 255)]):
+        Image.new("RGB", (80 + 10 * i, 64), colour).save(root / f"img{i}.png")
+        docs.append({"question": "is there a cat ?", "answer": "yes", "image": str(root / f"img{i}.png")})
+    (task / "docs.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
+    (task / "utils.py").write_text(
+        "from PIL import Image\n\ndef doc_to_visual(doc):\n    return [Image.open(doc['image']).convert('RGB')]\n"
+    )
+    (task / "tiny_vqa.yaml").write_text(
+        "task: tiny_vqa\ndataset_path: json\ndataset_kwargs:\n  data_files:\n"
+        f"    test: {task / 'docs.jsonl'}\ntest_split: test\noutput_type: generate_until\n"
+        "doc_to_visual: !function utils.doc_to_visual\ndoc_to_text: '{{question}}'\ndoc_to_target: answer\n"
+        "generation_kwargs:\n  max_new_tokens: 3\nmetric_list:\n  - metric: exact_match\n    aggregation: mean\n"
+        "    higher_is_better: true\n"
+    )
+    return task
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A trained tiny d1 run whose encoder is a Hugging Face CLIP (the tower geometry of the tiny LLaVA)."""
     from conftest import TINY_D1, hydra_cfg
     from omegaconf import OmegaConf
 
     import train
 
+    tmp = tmp_path_factory.mktemp("hf_run")
     overrides = [o for o in TINY_D1 if o != "vision.checkpoint=null"] + [
         "vision=hf_clip_vit_l14_336",
         "vision.image_size=32",
     ]
-    with hydra_cfg(overrides, tmp_path) as cfg:
+    with hydra_cfg(overrides, tmp) as cfg:
         OmegaConf.update(cfg, "vision.config", {"vision_config": VISION, "text_config": TEXT, "projection_dim": 24})
+        (tmp / "run" / ".hydra").mkdir(parents=True)
+        (tmp / "run" / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
         results = train.run(cfg)
+    return tmp / "run", results
+
+
+def _reader(tiny_llava):
+    from types import SimpleNamespace
+
+    from transformers import CLIPImageProcessor
+
+    processor = SimpleNamespace(
+        tokenizer=_tiny_tokenizer(), image_processor=CLIPImageProcessor(size={"shortest_edge": 32}, crop_size=32)
+    )
+    return LlavaReader(tiny_llava, processor)
+
+
+def test_d1_trains_a_neck_against_the_hf_backend(tiny_run):
+    """vision=hf_clip_vit_l14_336 with a tiny random CLIPConfig: the whole d1 run works on the second backend."""
+    _, results = tiny_run
     assert 0 <= results["metrics"]["top1_neck"] <= 1 and results["vision"] == "openai/clip-vit-large-patch14-336"
+
+
+def test_lmms_eval_round_trip_on_a_tiny_local_task(tiny_llava, tiny_task, tiny_run, tmp_path):
+    """lmms-eval runs a local task through codec -> bitstream -> neck -> injected LLaVA; the bits are recorded."""
+    from lmms_eval.evaluator import simple_evaluate
+    from lmms_eval.models import get_model
+    from lmms_eval.tasks import TaskManager
+
+    from latentbridge.lmms_model import LatentBridgeLLaVA
+
+    assert get_model("latentbridge") is LatentBridgeLLaVA  # the entry point registers --model latentbridge
+    bits = tmp_path / "bits.json"
+    lm = LatentBridgeLLaVA(reader=_reader(tiny_llava), run=str(tiny_run[0]), path="neck", bits_file=str(bits))
+    out = simple_evaluate(model=lm, tasks=["tiny_vqa"], task_manager=TaskManager(include_path=str(tiny_task)))
+    score = out["results"]["tiny_vqa"]["exact_match,none"]
+    assert 0.0 <= score <= 1.0 and len(out["samples"]["tiny_vqa"]) == 3
+    recorded = json.loads(bits.read_text())
+    assert recorded["samples"] == 3 and all(r["pixels"] == 64 * 64 and r["bytes"] > 25 for r in recorded["records"])
+    assert recorded["bpp"] == sum(8 * r["bytes"] for r in recorded["records"]) / (3 * 64 * 64)
+
+
+def test_mllm_evaluate_joins_scores_and_bits_for_each_path(tiny_llava, tiny_task, tiny_run, tmp_path):
+    from omegaconf import OmegaConf
+
+    import mllm_evaluate
+
+    cfg = OmegaConf.create(
+        {"tasks": ["tiny_vqa"], "include_path": str(tiny_task), "limit": None, "metrics": {}, "device": "cpu"}
+    )
+    rows = []
+    for path in ("neck", "reconstruction"):
+        rows += mllm_evaluate.evaluate_path(cfg, _reader(tiny_llava), path, str(tiny_run[0]), tmp_path)
+    rows += mllm_evaluate.evaluate_path(cfg, _reader(tiny_llava), "uncompressed", None, tmp_path)
+    assert [r["method"] for r in rows] == ["d1", "reconstruction", "uncompressed"]
+    assert rows[0]["bpp"] == rows[1]["bpp"] > 0 and rows[2]["bpp"] == 24.0  # same bitstreams; the bound
+    assert all(r["metric"] == "exact_match" and 0 <= r["tiny_vqa"] <= 1 for r in rows)
+    assert (tmp_path / "bits_d1_lambda0.0035.json").is_file()
+
+
+def test_mllm_evaluate_writes_joined_results_and_a_curve_per_task(
+    tiny_llava, tiny_task, tiny_run, tmp_path, monkeypatch
+):
+    from omegaconf import OmegaConf
+
+    import mllm_evaluate
+    from models import llava_reader
+
+    monkeypatch.setattr(
+        llava_reader.LlavaReader, "from_pretrained", classmethod(lambda cls, *a, **k: _reader(tiny_llava))
+    )
+    joined = tmp_path / "evaluate_results.json"
+    joined.write_text(json.dumps({"rows": [{"method": "jpeg", "quality": 5, "bpp": 1.5, "top1": 0.7}]}))
+    cfg = OmegaConf.create(
+        {
+            "runs": [str(tiny_run[0])],
+            "tasks": ["tiny_vqa"],
+            "include_path": str(tiny_task),
+            "limit": None,
+            "metrics": {},
+            "device": "cpu",
+            "llava": "tiny",
+            "dtype": "float32",
+            "paths_to_evaluate": ["neck"],
+            "uncompressed": True,
+            "join": str(joined),
+            "paths": {"output_dir": str(tmp_path / "out")},
+        }
+    )
+    results = mllm_evaluate.mllm_evaluate(cfg)
+    assert [r["method"] for r in results["rows"]] == ["jpeg", "d1", "uncompressed"]
+    assert (tmp_path / "out" / "rate_tiny_vqa.png").is_file() and "tiny_vqa" in (
+        tmp_path / "out" / "results.csv"
+    ).read_text()

@@ -85,3 +85,20 @@ def test_the_whole_tiny_plan_gives_every_figure_and_a_verdict_on_every_finding(t
     assert all(v in (True, False) for v in verdicts.values()), results["findings"]
     saved = json.loads((tmp_path / "out" / "results.json").read_text())
     assert saved["findings"] == results["findings"]
+
+
+def test_findings_compare_curves_at_equal_rate():
+    from latentbridge.findings import Rows, _cmp_at_rate
+
+    rows = Rows(
+        [
+            {"method": "d1", "lmbda": 1, "bpp": 0.10, "top1": 0.70},
+            {"method": "d1", "lmbda": 2, "bpp": 0.30, "top1": 0.80},
+            {"method": "d3", "lmbda": 1, "bpp": 0.05, "top1": 0.60},  # below d1's rate range: left out
+            {"method": "d3", "lmbda": 2, "bpp": 0.20, "top1": 0.76},  # d1 at 0.20 bpp: 0.75
+        ]
+    )
+    assert rows.at_rate("d1", 0.2, "top1") == pytest.approx(0.75) and rows.at_rate("d1", 0.05, "top1") is None
+    (ok, text), *rest = _cmp_at_rate(rows, "d3", "d1", "top1", lambda a, b: a >= b)
+    assert ok and not rest and text == "0.200 bpp: d3 0.7600 vs d1 0.7500"
+    assert _cmp_at_rate(rows, "d3", "nope", "top1", lambda a, b: a >= b)[0][0] is None

@@ -1,0 +1,169 @@
+"""lmms-eval integration (paper 4.1-4.2: MLLM tasks on compressed inputs): the registered lmms-eval model
+``latentbridge`` runs every harness image through codec -> real bitstream -> transform-neck -> LLaVA-1.5 (tokens
+injected at block k of its vision tower, ``models/llava_reader.py``) and records the bits of every sample.
+
+    lmms-eval --model latentbridge --tasks pope,coco_karpathy_test \\
+      --model_args pretrained=llava-hf/llava-1.5-7b-hf,run=logs/paper_d1_llava/runs/<run>,path=neck,bits_file=bits.json
+
+``path``: ``neck`` (the proposed method), ``reconstruction`` (g_s(y_hat) through LLaVA's own pixel path: the
+*Reconstruction* baseline) or ``uncompressed`` (the upper bound, 24 bpp). ``run``: a trained LatentBridge run
+whose vision encoder is LLaVA's tower (``experiment=paper_d1_llava``). ``bits_file``: a JSON written atomically
+at the end: one record per sample (task, doc id, bytes, coded pixels) and the mean bpp, which
+``mllm_evaluate.py`` joins with the harness's scores into rate-accuracy rows and curves.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from lmms_eval.api.instance import Instance
+from lmms_eval.api.model import lmms
+from PIL import Image
+from torchvision.transforms.functional import center_crop, resize, to_tensor
+
+from latentbridge.atomic_io import atomic_write_json
+from latentbridge.errors import ConfigError
+from models.bitstream import decode_latent, encode_image
+from models.llava_reader import LlavaReader
+
+PATHS = ("neck", "reconstruction", "uncompressed")
+
+
+def load_run(run: str | Path) -> tuple[Any, int, float]:
+    """The trained module of a LatentBridge run (best checkpoint), its codec input size and rate point."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from lightning_modules.bridge import resolve_checkpoint
+
+    run = Path(run)
+    cfg_file = run / ".hydra" / "config.yaml"
+    if not cfg_file.is_file():
+        raise ConfigError(f"run: {cfg_file} is missing (not a LatentBridge run directory)")
+    rcfg = OmegaConf.load(cfg_file)
+    ckpt = resolve_checkpoint(run, "run")
+    module = instantiate(rcfg.scenario)
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    module.on_load_checkpoint(state)
+    module.load_state_dict(state["state_dict"], strict=False)
+    module.codec.model.update(force=True)
+    return module.eval(), int(rcfg.data.image_size), float(rcfg.codec.lmbda)
+
+
+class LatentBridgeLLaVA(lmms):
+    """An lmms-eval model: LLaVA-1.5 reading compressed images (neck / reconstruction / uncompressed)."""
+
+    def __init__(
+        self,
+        pretrained: str = "llava-hf/llava-1.5-7b-hf",
+        run: str | None = None,
+        path: str = "neck",
+        bits_file: str | None = None,
+        max_new_tokens: int = 128,
+        device: str | None = None,
+        dtype: str = "float16",
+        reader: LlavaReader | None = None,
+        module: Any | None = None,
+        image_size: int | None = None,
+        lmbda: float | None = None,
+        **_: Any,
+    ) -> None:
+        super().__init__()
+        if path not in PATHS:
+            raise ConfigError(f"path: '{path}' is not one of {', '.join(PATHS)}")
+        self.reader = reader or LlavaReader.from_pretrained(pretrained, dtype=dtype, device=device)
+        self.path, self.max_new_tokens = path, int(max_new_tokens)
+        self.module, self.image_size, self.lmbda = module, image_size, lmbda
+        if path != "uncompressed" and module is None:
+            if run is None:
+                raise ConfigError(f"run: path={path} needs a trained LatentBridge run (run=<run dir>)")
+            self.module, self.image_size, self.lmbda = load_run(run)
+        if self.module is not None:
+            self.module.to(self.device)
+            if path == "neck" and self.module.vision.width != self.reader.tower.config.hidden_size:
+                raise ConfigError("run: its neck was trained for another vision tower than this LLaVA's")
+        self.bits_file = Path(bits_file) if bits_file else None
+        self.records: list[dict[str, Any]] = []
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.reader.model.parameters()).device
+
+    # -- one image -> LLaVA image features, and its bits --------------------------------------------------
+    @torch.no_grad()
+    def features(self, image: Image.Image) -> tuple[torch.Tensor, int, int]:
+        """(image features (1, patches, width), bytes sent, pixels coded)."""
+        image = image.convert("RGB")
+        if self.path == "uncompressed":
+            pixels = self.reader.processor.image_processor(image, return_tensors="pt").pixel_values
+            return (
+                self.reader.image_features_from_pixels(pixels.to(self.device)),
+                3 * image.width * image.height,
+                (image.width * image.height),
+            )
+        x = center_crop(resize(to_tensor(image).unsqueeze(0), self.image_size, antialias=True), self.image_size)
+        x = x.to(self.device)
+        stream = encode_image(self.module.codec, x, self.lmbda)
+        y_hat, _ = decode_latent(self.module.codec, stream, self.lmbda)  # the server: bytes only
+        if self.path == "neck":
+            tokens = self.module.neck(y_hat.to(x.dtype))
+            feats = self.reader.image_features_from_block(tokens.to(self.reader.model.dtype), self.module.skip_blocks)
+        else:
+            x_hat = self.module.codec.synthesize(y_hat)
+            feats = self.reader.image_features_from_pixels(
+                self.module.vision.preprocess(x_hat).to(self.reader.model.dtype)
+            )
+        return feats, len(stream), self.image_size * self.image_size
+
+    # -- the harness's requests ---------------------------------------------------------------------------
+    def generate_until(self, requests: list[Instance]) -> list[str]:
+        answers = []
+        for req in requests:
+            context, gen_kwargs, doc_to_visual, doc_id, task, split = req.args
+            visuals = [v for v in doc_to_visual(self.task_dict[task][split][doc_id]) if isinstance(v, Image.Image)]
+            if not visuals:
+                raise ConfigError(f"task {task}: doc {doc_id} has no image (LatentBridge evaluates image tasks)")
+            feats, nbytes, pixels = self.features(visuals[0])  # LLaVA-1.5 reads one image per prompt
+            question = context.replace("<image>", "").strip()
+            kwargs = dict(gen_kwargs or {})
+            until = kwargs.pop("until", None) or []
+            until = [until] if isinstance(until, str) else list(until)
+            text = self.reader.answer(
+                [question], feats, max_new_tokens=int(kwargs.get("max_new_tokens", self.max_new_tokens))
+            )[0]
+            for stop in until:
+                if stop and stop in text:
+                    text = text.split(stop)[0]
+            answers.append(text)
+            self.records.append({"task": task, "doc_id": doc_id, "bytes": nbytes, "pixels": pixels})
+            self.cache_hook.add_partial("generate_until", (context, gen_kwargs), text)
+        self.write_bits()
+        return answers
+
+    def write_bits(self) -> None:
+        if self.bits_file is None:
+            return
+        bits = sum(8 * r["bytes"] for r in self.records)
+        pixels = sum(r["pixels"] for r in self.records)
+        summary = {"path": self.path, "lmbda": self.lmbda, "samples": len(self.records), "bpp": bits / max(pixels, 1)}
+        atomic_write_json(self.bits_file, {**summary, "records": self.records})
+
+    def loglikelihood(self, requests: list[Instance]) -> list[tuple[float, bool]]:
+        raise NotImplementedError("latentbridge: loglikelihood tasks are not supported; use generation tasks")
+
+    def generate_until_multi_round(self, requests: list[Instance]) -> list[str]:
+        raise NotImplementedError("latentbridge: multi-round generation is not supported")
+
+
+def manifest() -> Any:
+    """The ``lmms_eval.models`` entry point: registers ``--model latentbridge``."""
+    from lmms_eval.models.registry_v2 import ModelManifest
+
+    return ModelManifest(model_id="latentbridge", simple_class_path="latentbridge.lmms_model.LatentBridgeLLaVA")
+
+
+def read_bits(path: str | Path) -> dict[str, Any]:
+    return json.loads(Path(path).read_text())
