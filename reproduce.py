@@ -51,7 +51,8 @@ def run_overrides(cfg: DictConfig, run: str, lmbda: float) -> list[str]:
     out = run_dir(cfg, run, lmbda)
     fields = {**(cfg.plan.get("vars") or {}), "lmbda": lmbda}
     try:
-        listed = [str(o).format(**fields) for o in [*cfg.plan.common, *(spec.get("overrides") or [])]]
+        given = [*cfg.plan.common, *(cfg.plan.get("extra") or []), *(spec.get("overrides") or [])]
+        listed = [str(o).format(**fields) for o in given]
     except KeyError as e:
         raise ConfigError(
             f"plan.runs.{run}.overrides: unknown placeholder {e} (plan.vars has {list(fields)})"

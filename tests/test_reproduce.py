@@ -102,3 +102,33 @@ def test_findings_compare_curves_at_equal_rate():
     (ok, text), *rest = _cmp_at_rate(rows, "d3", "d1", "top1", lambda a, b: a >= b)
     assert ok and not rest and text == "0.200 bpp: d3 0.7600 vs d1 0.7500"
     assert _cmp_at_rate(rows, "d3", "nope", "top1", lambda a, b: a >= b)[0][0] is None
+
+
+def test_the_paper_plan_composes_every_run(tmp_path):
+    """plan=paper: every (run, rate point) composes into a train config with its codec checkpoint and phase-1 parent."""
+    from hydra import compose, initialize_config_dir
+
+    vars_ = ["plan.vars.imagenet=/data/in", "plan.vars.elic=/ckpt/elic", "plan.vars.mbt=/ckpt/mbt"]
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        cfg = compose("reproduce", overrides=["plan=paper", *vars_, f"out_dir={tmp_path}", "paths.output_dir=."])
+        seen = set()
+        for run, spec in cfg.plan.runs.items():
+            for lmbda in reproduce.rates_of(cfg, spec):
+                sub = compose(config_name="train", overrides=reproduce.run_overrides(cfg, run, lmbda))
+                assert sub.codec.lmbda == lmbda and sub.data.root == "/data/in"
+                assert sub.codec.checkpoint.endswith(f"_lambda{lmbda}.pt")
+                if spec.get("init_from"):
+                    assert sub.scenario.init_from == str(tmp_path / "d1" / f"lambda{lmbda}")
+                seen.add(run)
+    assert seen == {
+        "d1",
+        "d2",
+        "d3",
+        "post_processing",
+        "ce_only",
+        "dist_only",
+        "skip1",
+        "skip4",
+        "skip8",
+        "d1_hyperprior",
+    }
