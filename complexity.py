@@ -10,7 +10,6 @@ counts, so random initialisation is enough. Writes ``complexity.json`` in the ru
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import hydra
@@ -71,14 +70,7 @@ def complexity_report(cfg: DictConfig) -> list[ComponentCost]:
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="complexity")
 def main(cfg: DictConfig) -> None:
-    try:
-        rows = complexity_report(cfg)
-    except Exception as e:
-        err = train.user_error(e)
-        if err is None:
-            raise
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    rows = train.run_cli(complexity_report, cfg)
     paper = str(cfg.get("experiment_name") or "").startswith("paper_")
     table = Table(
         title=f"complexity at {cfg.data.image_size}x{cfg.data.image_size} ({cfg.codec.name}, "

@@ -16,7 +16,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +32,7 @@ from torchvision.transforms.functional import to_pil_image, to_tensor
 import train
 from latentbridge.atomic_io import atomic_write_bytes, atomic_write_json
 from latentbridge.curves import bd_table, plot
-from latentbridge.errors import ConfigError, LatentBridgeError
+from latentbridge.errors import ConfigError
 from latentbridge.few_shot import few_shot_accuracy, sample_groups
 from latentbridge.traditional_codecs import code_image, unavailable_reason
 from models.bitstream import decode_latent, encode_image
@@ -303,14 +302,7 @@ def log_wandb(cfg: DictConfig, rows: list[dict[str, Any]], results: dict[str, An
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
 def main(cfg: DictConfig) -> None:
-    try:
-        evaluate(cfg)
-    except Exception as e:
-        err = train.user_error(e) if not isinstance(e, LatentBridgeError) else e
-        if err is None:
-            raise
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    train.run_cli(evaluate, cfg)
 
 
 if __name__ == "__main__":

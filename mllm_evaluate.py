@@ -12,7 +12,6 @@ Tasks must read local data (``include_path``: task YAMLs pointing at local files
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,7 @@ from rich.console import Console
 import train
 from evaluate import write_csv
 from latentbridge.atomic_io import atomic_write_json
-from latentbridge.errors import ConfigError, LatentBridgeError
+from latentbridge.errors import ConfigError
 
 
 def task_score(results: dict[str, Any], task: str, metric: str | None) -> tuple[str, float]:
@@ -99,14 +98,7 @@ def mllm_evaluate(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="mllm_evaluate")
 def main(cfg: DictConfig) -> None:
-    try:
-        mllm_evaluate(cfg)
-    except Exception as e:
-        err = train.user_error(e) if not isinstance(e, LatentBridgeError) else e
-        if err is None:
-            raise
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    train.run_cli(mllm_evaluate, cfg)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import train
 from latentbridge.atomic_io import atomic_write_bytes, atomic_write_json
-from latentbridge.errors import ConfigError, LatentBridgeError
+from latentbridge.errors import ConfigError
 
 log = logging.getLogger("latentbridge")
 
@@ -186,14 +185,7 @@ def reproduce(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="reproduce")
 def main(cfg: DictConfig) -> None:
-    try:
-        reproduce(cfg)
-    except Exception as e:
-        err = train.user_error(e) if not isinstance(e, LatentBridgeError) else e
-        if err is None:
-            raise
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    train.run_cli(reproduce, cfg)
 
 
 if __name__ == "__main__":

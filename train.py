@@ -18,8 +18,9 @@ import secrets
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import hydra
 from hydra.errors import InstantiationException
@@ -29,6 +30,7 @@ from omegaconf.errors import OmegaConfBaseException
 from latentbridge.errors import CheckpointError, ConfigError, LatentBridgeError
 
 log = logging.getLogger("latentbridge")
+T = TypeVar("T")
 
 
 def _wandb_offline() -> bool:
@@ -56,6 +58,19 @@ def user_error(exc: BaseException) -> LatentBridgeError | None:
             return ConfigError(f"{key}: {str(seen).splitlines()[0]}" if key else str(seen).splitlines()[0])
         seen = seen.__cause__ or seen.__context__
     return None
+
+
+def run_cli(fn: Callable[..., T], *args: Any) -> T:
+    """Run an entry point's work; a user error (bad config, missing file, wrong checkpoint) is one line on stderr
+    and exit status 2, never a traceback. Used by every entry point (train, evaluate, reproduce, ...)."""
+    try:
+        return fn(*args)
+    except Exception as e:
+        err = user_error(e)
+        if err is None:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
 
 
 def scenario_inputs(cfg: DictConfig) -> list[str]:
@@ -218,14 +233,7 @@ def finish_loggers(loggers: list[Any]) -> None:
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     """Hydra entry; returns the monitored metric (for sweepers)."""
-    try:
-        results = run(cfg)
-    except Exception as e:  # bad input -> one line, not a traceback
-        err = user_error(e)
-        if err is None:
-            raise
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    results = run_cli(run, cfg)
     values = list(results["metrics"].values())
     return values[0] if values else None
 

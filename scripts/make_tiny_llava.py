@@ -16,50 +16,9 @@ from pathlib import Path
 
 import torch
 
-VISION = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 4, "num_attention_heads": 4}
-VISION |= {"image_size": 32, "patch_size": 8}
-TEXT = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4}
-TEXT |= {"vocab_size": 49408, "max_position_embeddings": 16}
-WORDS = ["<pad>", "</s>", "<s>", "<unk>", "USER:", "ASSISTANT:", "is", "there", "a", "cat", "dog", "?", "yes", "no"]
-IMAGE_TOKEN, VOCAB = 99, 100
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-
-def tiny_tokenizer():
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {w: i for i, w in enumerate(WORDS)} | {f"w{i}": i for i in range(len(WORDS), IMAGE_TOKEN)}
-    vocab["<image>"] = IMAGE_TOKEN
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>", eos_token="</s>", extra_special_tokens=["<image>"]
-    )
-
-
-def tiny_llava():
-    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
-
-    text = LlamaConfig(
-        vocab_size=VOCAB,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        pad_token_id=0,
-        eos_token_id=1,
-        bos_token_id=2,
-    )
-    config = LlavaConfig(
-        vision_config=CLIPVisionConfig(**VISION),
-        text_config=text,
-        image_token_id=IMAGE_TOKEN,
-        image_seq_length=16,
-        vision_feature_layer=-2,
-        vision_feature_select_strategy="default",
-    )
-    return LlavaForConditionalGeneration(config).eval()
+from latentbridge.tiny_llava import TEXT, VISION, tiny_llava, tiny_tokenizer  # noqa: E402
 
 
 def main(out: Path) -> None:

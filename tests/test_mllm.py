@@ -7,40 +7,17 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
+from latentbridge.tiny_llava import IMAGE_TOKEN, TEXT, VISION, tiny_tokenizer  # noqa: E402
 from models.hf_vision_encoder import build_hf_vision_encoder  # noqa: E402
 from models.llava_reader import LlavaReader  # noqa: E402
-
-VISION = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 4, "num_attention_heads": 4}
-VISION |= {"image_size": 32, "patch_size": 8}
-TEXT = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4}
-TEXT |= {"vocab_size": 49408, "max_position_embeddings": 16}
-IMAGE_TOKEN, VOCAB = 99, 100
 
 
 @pytest.fixture(scope="module")
 def tiny_llava():
-    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+    from latentbridge.tiny_llava import tiny_llava as build
 
     torch.manual_seed(0)
-    config = LlavaConfig(
-        vision_config=CLIPVisionConfig(**VISION),
-        text_config=LlamaConfig(
-            vocab_size=VOCAB,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=4,
-            pad_token_id=0,
-            eos_token_id=1,
-            bos_token_id=2,
-        ),
-        image_token_id=IMAGE_TOKEN,
-        image_seq_length=16,
-        vision_feature_layer=-2,
-        vision_feature_select_strategy="default",
-    )
-    return LlavaForConditionalGeneration(config).eval()
+    return build()
 
 
 def _prompts(batch: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
@@ -104,23 +81,6 @@ def test_a_neck_trained_against_the_hf_backend_targets_llavas_tower(tiny_llava):
     assert torch.equal(enc.run_blocks(enc.embed(pixels), 0, 2), hidden[2])
 
 
-WORDS = ["<pad>", "</s>", "<s>", "<unk>", "USER:", "ASSISTANT:", "is", "there", "a", "cat", "dog", "?", "yes", "no"]
-
-
-def _tiny_tokenizer():
-    """A word-level tokenizer whose ids fit the tiny LLaVA (<image> = IMAGE_TOKEN): built offline."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {w: i for i, w in enumerate(WORDS)} | {f"w{i}": i for i in range(len(WORDS), IMAGE_TOKEN)}
-    vocab["<image>"] = IMAGE_TOKEN
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>", eos_token="</s>", extra_special_tokens=["<image>"]
-    )
-
-
 @pytest.fixture(scope="module")
 def tiny_task(tmp_path_factory):
     """A local lmms-eval task: three coloured images, one question, exact match."""
@@ -174,7 +134,7 @@ def _reader(tiny_llava):
     from transformers import CLIPImageProcessor
 
     processor = SimpleNamespace(
-        tokenizer=_tiny_tokenizer(), image_processor=CLIPImageProcessor(size={"shortest_edge": 32}, crop_size=32)
+        tokenizer=tiny_tokenizer(), image_processor=CLIPImageProcessor(size={"shortest_edge": 32}, crop_size=32)
     )
     return LlavaReader(tiny_llava, processor)
 
