@@ -45,4 +45,19 @@ def hydra_cfg(overrides: list[str], tmp_path: Path) -> Iterator:
         yield cfg
 
 
+def fit(module, datamodule, epochs: int = 2) -> None:
+    """Fit ``module`` for ``epochs`` on CPU with nothing written (no logger, no checkpoints, no progress bar)."""
+    import lightning as L
+
+    trainer = L.Trainer(
+        max_epochs=epochs,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+    )
+    trainer.fit(module, datamodule=datamodule)
+
+
 needs_fmnist = pytest.mark.skipif(not FMNIST.is_dir(), reason="apt-get install dataset-fashion-mnist")

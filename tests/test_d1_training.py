@@ -5,7 +5,7 @@ import json
 
 import pytest
 import torch
-from conftest import TINY_D1, hydra_cfg
+from conftest import TINY_D1, fit, hydra_cfg
 from hydra.utils import instantiate
 
 import train
@@ -33,15 +33,7 @@ def test_neck_learns_distillation_while_codec_and_teacher_stay_frozen(tmp_path):
             ).item()
 
     before = dist()
-    trainer = L.Trainer(
-        max_epochs=6,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        accelerator="cpu",
-    )
-    trainer.fit(module, datamodule=dm)
+    fit(module, dm, epochs=6)
     after = dist()
     assert after < 0.5 * before, (before, after)
     for k, v in module.state_dict().items():

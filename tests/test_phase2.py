@@ -3,11 +3,10 @@ each scenario trains exactly its parts, phase 2 starts from the phase-1 neck and
 
 import math
 
-import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import TINY_D1, hydra_cfg
+from conftest import TINY_D1, fit, hydra_cfg
 from hydra.utils import instantiate
 
 import train
@@ -78,18 +77,6 @@ def _phase2(tmp_path, scenario: str, d1_dir, *extra: str):
         return instantiate(c.data), instantiate(c.scenario)
 
 
-def _fit(module, dm, epochs: int = 2):
-    trainer = L.Trainer(
-        max_epochs=epochs,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        accelerator="cpu",
-    )
-    trainer.fit(module, datamodule=dm)
-
-
 def test_d2_starts_from_the_d1_neck_and_trains_codec_and_neck(tmp_path, d1_dir):
     d1_neck = torch.load(d1_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     dm, module = _phase2(tmp_path / "d2", "d2", d1_dir, "data.train_size=64", "scenario.optimizer.lr=1e-3")
@@ -97,7 +84,7 @@ def test_d2_starts_from_the_d1_neck_and_trains_codec_and_neck(tmp_path, d1_dir):
         if k.startswith("neck."):
             assert torch.equal(v, d1_neck[k]), k
     before = {k: v.clone() for k, v in module.state_dict().items()}
-    _fit(module, dm)
+    fit(module, dm)
     after = module.state_dict()
     changed = lambda prefix: any(  # noqa: E731
         not torch.equal(before[k], after[k]) for k in before if k.startswith(prefix) and k.endswith("weight")
@@ -115,7 +102,7 @@ def test_d3_trains_the_encoder_side_and_keeps_g_s_frozen_in_eval_mode(tmp_path, 
     assert module.codec.model.g_a.training and not module.codec.model.g_s.training
     assert not any(p.requires_grad for p in module.codec.model.g_s.parameters())
     before = {k: v.clone() for k, v in module.state_dict().items()}
-    _fit(module, dm)
+    fit(module, dm)
     after = module.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("codec.model.g_s."))
     assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("codec.model.g_a."))
@@ -183,7 +170,7 @@ def test_post_processing_trains_only_the_unet(tmp_path):
         dm, module = instantiate(cfg.data), instantiate(cfg.scenario)
     assert module.neck is None and module.monitor == ("val/top1_post_processing", "max")
     before = {k: v.clone() for k, v in module.state_dict().items()}
-    _fit(module, dm)
+    fit(module, dm)
     after = module.state_dict()
     for k in before:
         if not k.startswith("post."):
