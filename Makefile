@@ -3,7 +3,7 @@ PY ?= .venv/bin/python
 PIP ?= .venv/bin/pip
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install system-deps train reproduce-mini test test-slow test-all lint format clean
+.PHONY: install system-deps train reproduce-mini test test-slow test-gpu test-all lint format clean
 
 system-deps:  ## Debian packages: the mini dataset (needs root; skipped when already installed)
 	@if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then \
@@ -13,7 +13,7 @@ install: system-deps  ## venv + pinned dependencies (offline on the dev machine)
 	test -x $(PY) || python3 -m venv .venv
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -c constraints.txt torch torchvision
-	$(PIP) install -q -c constraints.txt -e ".[dev,mllm]"
+	$(PIP) install -q -c constraints.txt -e ".[train,eval,mllm,slurm,dev]"
 
 train:  ## the main job: d1 on the offline mini setup (prepares and caches the mini teacher and codec once)
 	$(PY) train.py $(ARGS)
@@ -24,8 +24,11 @@ reproduce-mini:  ## paper 1's Fig. 3, 4, 6(a, b) on the mini setup: 24 runs, eva
 test:  ## fast tests (< 10 min on 2 cores)
 	$(PY) -m pytest -q $(ARGS)
 
-test-slow:  ## the slow tests: DDP with 2 processes, end-to-end training
+test-slow:  ## the slow tests: DDP with 2 processes, end-to-end preparation, paper presets at their real size
 	$(PY) -m pytest -q -m slow $(ARGS)
+
+test-gpu:  ## GPU smoke tests (AMP per scenario, evaluation on cuda); skipped without a GPU
+	$(PY) -m pytest -q -m gpu $(ARGS)
 
 test-all: test test-slow
 

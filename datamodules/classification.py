@@ -53,7 +53,7 @@ class _Transformed(Dataset):
         except (OSError, ValueError, SyntaxError) as e:  # PIL raises these for truncated / corrupt files
             log.warning("skipping unreadable image %s: %s", self.base.describe(index), e)
             return None
-        return {"image": self.codec_tf(img), "teacher_image": self.teacher_tf(img), "label": label}
+        return {"image": self.codec_tf(img), "teacher_image": self.teacher_tf(img), "label": label, "index": index}
 
 
 def collate_skipping(items: list[dict[str, Any] | None]) -> dict[str, Any]:

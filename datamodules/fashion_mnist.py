@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image
 
 from datamodules.classification import ClassificationDataModule, LabelledImages
-from latentbridge.errors import DataError
+from latentbridge.core.errors import DataError
 
 CLASSNAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
 DEBIAN_ROOT = "/usr/share/datasets/fashion-mnist"

@@ -11,7 +11,7 @@ from typing import Any
 from PIL import Image
 
 from datamodules.classification import ClassificationDataModule, LabelledImages
-from latentbridge.errors import DataError
+from latentbridge.core.errors import DataError
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 

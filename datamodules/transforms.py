@@ -5,15 +5,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from PIL import Image
 from torchvision import transforms as T
 
-
-def to_rgb(img: Image.Image) -> Image.Image:
-    """Grey, palette, 16-bit and RGBA images -> RGB (alpha composited on black, 16-bit scaled to 8 bits)."""
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-        img = img.point(lambda v: v / 256).convert("L")
-    return img.convert("RGB")
+from latentbridge.core.images import to_rgb
 
 
 def codec_transform(image_size: int) -> T.Compose:

@@ -1,4 +1,9 @@
-"""Framework glue for LatentBridge: errors, atomic IO, bitstream CLI, evaluation helpers."""
+"""LatentBridge: neural image codecs and transform-necks that let multimodal LLMs read compressed latents.
+
+Layers, each importing only those below it (tests/test_structure.py checks this):
+core -> codecs, vision, nn -> losses -> metrics -> routes -> (datamodules, lightning_modules) -> runs -> analysis
+-> mllm -> workflows -> cli.
+"""
 
 import warnings
 

@@ -1,72 +1,63 @@
 """The shared base of every scenario and baseline (paper Fig. 2, Table 1).
 
 codec (g_a, entropy model) -> y_hat -> transform-neck T -> C' (C with its first k blocks skipped) -> embedding.
-A scenario only declares which parts train (``trainable``, ``freeze_decoder``), which loss applies (the ``loss``
-it is built with: the surrogate L_S in phase 1, the joint loss in phase 2) and, for a baseline, its path
-(``method_path``, ``method_embedding``). Validation reports, for every scenario, zero-shot top-1 of three paths,
-the rate and the PSNR of g_s(y_hat):
-- ``uncompressed``: C(x), the teacher on the original image (the upper bound),
-- the method's path: ``neck`` = C'(T(y_hat)) for d1-d3, ``post_processing`` = C(P(g_s(y_hat))) for that baseline,
-- ``reconstruction``: C(g_s(y_hat)), the Reconstruction baseline (paper 4.1; nothing trained),
-- ``bpp``: the likelihood estimate of the coded y_hat and z_hat.
+A scenario only declares which parts train (``trainable``, ``freeze_decoder``), which loss it accepts
+(``loss_types``: the surrogate L_S in phase 1, the joint loss in phase 2) and, for a baseline, its path
+(``method_path``, one of ``latentbridge.routes``). Everything else is here, once:
 
-Optimization is explicit (manual): Adam on the trainable parameters and, when the codec trains, a separate Adam on
-its entropy bottleneck's quantiles driven by compressai's aux loss.
+- training: the scenario's loss on its path; automatic optimization with the quantiles as a second parameter
+  group (``net_aux.py``), so AMP, clipping, accumulation and DDP are Lightning's;
+- validation (``trainer.validate``): zero-shot top-1 of the method's path, of ``reconstruction`` and of
+  ``uncompressed``, the likelihood bpp and the PSNR of g_s(y_hat);
+- test (``trainer.test``, evaluate.py): every image through a real bitstream (encoded to bytes, y_hat decoded
+  from the bytes alone), as NeuralCompression's ILLM measures the real size inside ``test_step``;
+- checkpoints that hold only what trains, with the signature they are valid for.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
-import lightning as L
 import torch
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
-from latentbridge.atomic_io import read_checkpoint
-from latentbridge.errors import CheckpointError, ConfigError
-from models.codec_adapter import ENTROPY_TABLES, CodecAdapter, bits_per_pixel
-from models.joint_loss import JointLoss, JointLossOutput
-from models.surrogate_loss import SurrogateLoss, SurrogateLossOutput, zero_shot_correct
-from models.transform_neck import TransformNeck
-from models.vision_encoder import VisionEncoder
+from latentbridge import routes
+from latentbridge.codecs.adapter import ENTROPY_TABLES, CodecAdapter, bits_per_pixel
+from latentbridge.codecs.bitstream import decode_latent, encode_image
+from latentbridge.core.atomic_io import read_checkpoint
+from latentbridge.core.errors import CheckpointError, ConfigError
+from latentbridge.core.run_dir import checkpoint_of
+from latentbridge.losses.joint import JointLoss, JointLossOutput
+from latentbridge.losses.surrogate import SurrogateLoss, SurrogateLossOutput
+from latentbridge.metrics.image_quality import psnr_metric
+from latentbridge.metrics.rate_accuracy import RateAccuracy
+from latentbridge.metrics.zero_shot import zero_shot_correct
+from latentbridge.nn.transform_neck import TransformNeck
+from latentbridge.vision.open_clip_encoder import VisionEncoder
+from lightning_modules.net_aux import NetAuxOptimization, OptimizerFactory, SchedulerFactory
 
 
-def resolve_checkpoint(path: str | Path, key: str) -> Path:
-    """A checkpoint file, or a finished run directory (its results.json names the best checkpoint)."""
-    path = Path(path)
-    if path.is_dir():
-        results = path / "results.json"
-        if not results.is_file():
-            raise CheckpointError(f"{key}: {path} is a directory without results.json (not a finished run)")
-        found = json.loads(results.read_text())
-        ckpt = found.get("best_checkpoint") or found.get("last_checkpoint")
-        if not ckpt:
-            raise CheckpointError(f"{key}: {results} names no checkpoint")
-        path = Path(ckpt)
-    if not path.is_file():
-        raise CheckpointError(f"{key}: {path} does not exist")
-    return path
+class BridgeModule(NetAuxOptimization):
+    """Codec + transform-neck + vision encoder, trained on the scenario's path and evaluated on all paths."""
 
-
-class BridgeModule(L.LightningModule):
-    """Codec + transform-neck + vision encoder, evaluated on the three paths."""
-
+    #: the component groups the scenario is built from (prepared first when missing and they have a recipe)
+    uses: ClassVar[tuple[str, ...]] = ("codec", "vision")
     #: the scenario's name in result tables and curves
     scenario_name: ClassVar[str] = "d1"
     #: submodules whose parameters train; everything else is frozen and kept in eval mode
     trainable: ClassVar[tuple[str, ...]] = ("neck",)
     #: keep the codec's synthesis transform g_s frozen even when the codec trains (d3: the decoder is unused)
     freeze_decoder: ClassVar[bool] = False
-    #: the name of the scenario's own path to the encoder embedding (metrics ``top1_<method_path>``)
+    #: the scenario's own path to the encoder embedding (``latentbridge.routes``; metrics ``top1_<method_path>``)
     method_path: ClassVar[str] = "neck"
-    #: the loss types this scenario accepts (phase 1: the surrogate loss; phase 2: the joint loss)
+    #: the loss types this scenario accepts, and the ``loss`` option that gives it (for the error message)
     loss_types: ClassVar[tuple[type, ...]] = (SurrogateLoss,)
-    #: constructor arguments that are modules (kept out of hparams: checkpoints load with weights_only)
-    module_args: ClassVar[tuple[str, ...]] = ("codec", "vision", "neck", "loss")
+    loss_option: ClassVar[str] = "surrogate"
+    #: constructor arguments that are modules or factories (kept out of hparams: checkpoints load weights_only)
+    module_args: ClassVar[tuple[str, ...]] = ("codec", "vision", "neck", "loss", "post", "optimizer", "scheduler")
 
     def __init__(
         self,
@@ -74,10 +65,11 @@ class BridgeModule(L.LightningModule):
         vision: VisionEncoder,
         neck: Callable[..., TransformNeck] | None,
         loss: nn.Module,
+        optimizer: OptimizerFactory,
+        scheduler: SchedulerFactory | None = None,
+        post: nn.Module | None = None,
         skip_blocks: int = 2,
         image_size: int = 256,
-        optimizer: dict[str, Any] | None = None,
-        scheduler: dict[str, Any] | None = None,
         aux_lr: float = 1e-3,
         clip_max_norm: float = 0.0,
         init_from: str | None = None,
@@ -88,10 +80,17 @@ class BridgeModule(L.LightningModule):
         if image_size % codec.pad_multiple:
             raise ConfigError(f"data.image_size: {image_size} is not a multiple of {codec.pad_multiple}")
         if not isinstance(loss, self.loss_types):
-            wanted = " or ".join(t.__name__ for t in self.loss_types)
-            raise ConfigError(f"scenario.loss: {type(self).__name__} trains with {wanted}, got {type(loss).__name__}")
+            raise ConfigError(
+                f"loss: {type(self).__name__} trains with {' or '.join(t.__name__ for t in self.loss_types)}, "
+                f"got {type(loss).__name__} "
+                f"(use loss={self.loss_option}, as the experiment=*_{self.scenario_name} presets do)"
+            )
+        if clip_max_norm < 0:
+            raise ConfigError(f"scenario.clip_max_norm: {clip_max_norm} is negative (0 disables clipping)")
         self.save_hyperparameters(ignore=list(self.module_args))
-        self.codec, self.vision, self.loss_fn = codec, vision, loss
+        self.codec, self.vision, self.loss_fn, self.post = codec, vision, loss, post
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        self.clip_max_norm = float(clip_max_norm)
         grid = image_size // codec.stride
         self.neck = (
             neck(in_channels=codec.latent_channels, width=vision.width, heads=vision.heads, grid_size=grid)
@@ -100,25 +99,27 @@ class BridgeModule(L.LightningModule):
         )
         self.grid = (grid, grid)
         self.skip_blocks = skip_blocks
-        self.optimizer_cfg = {"lr": 1e-4, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0, **(optimizer or {})}
-        self.scheduler_cfg = {"milestones": [20], "gamma": 0.1, **(scheduler or {})}
-        self.automatic_optimization = False
         for name, param in self.named_parameters():
             param.requires_grad_(self._trains(name))
         self.register_buffer("text_emb", torch.empty(0), persistent=False)
         paths = ("uncompressed", self.method_path, "reconstruction")
         self.metrics = nn.ModuleDict(
-            {f"top1_{p}": MeanMetric() for p in paths} | {"bpp": MeanMetric(), "psnr": MeanMetric()}
+            {f"top1_{p}": MeanMetric() for p in paths} | {"bpp": MeanMetric(), "psnr": psnr_metric()}
         )
+        self.evaluation = RateAccuracy(("method", "reconstruction", "uncompressed"))
+        self.test_results: dict[str, Any] | None = None
         self.skipped_images = 0
         self.strict_loading = False  # frozen parts are rebuilt from their own source, not stored in checkpoints
-        if init_from:
-            self.init_from_phase1(init_from)
 
     # -- structure ----------------------------------------------------------------------------------------
     @property
+    def encoder(self) -> VisionEncoder:
+        """The vision encoder C, as ``latentbridge.routes`` calls it."""
+        return self.vision
+
+    @property
     def monitor(self) -> tuple[str, str]:
-        """The metric that selects the best checkpoint."""
+        """The metric that selects the best checkpoint (and that train.py returns to a Hydra sweeper)."""
         return f"val/top1_{self.method_path}", "max"
 
     def _frozen_prefixes(self) -> tuple[str, ...]:
@@ -153,19 +154,17 @@ class BridgeModule(L.LightningModule):
     def setup(self, stage: str) -> None:
         dm = self.trainer.datamodule
         self.set_classes(dm.classnames, dm.templates)
+        if stage == "fit" and self.hparams.init_from and not self.trainer.ckpt_path:
+            self.init_from_phase1(self.hparams.init_from)  # a resumed run restores its own neck instead
 
     def set_classes(self, classnames: Sequence[str], templates: Sequence[str]) -> None:
         """The class text embeddings of Eq. 2 (fixed: the text encoder never trains)."""
         self.text_emb = self.vision.class_embeddings(classnames, templates).to(self.device)
 
-    # -- the paths ----------------------------------------------------------------------------------------
-    def neck_embedding(self, y_hat: Tensor) -> Tensor:
-        """C'(T(y_hat))."""
-        return self.vision.forward_from_block(self.neck(y_hat), self.skip_blocks)
-
+    # -- the paths (latentbridge.routes) ------------------------------------------------------------------
     def method_embedding(self, y_hat: Tensor) -> Tensor:
         """The scenario's own path from the coded latent to the encoder's embedding (d1-d3: the neck path)."""
-        return self.neck_embedding(y_hat)
+        return routes.latent_route(self.method_path)(self, y_hat)
 
     def latent(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         with torch.set_grad_enabled(torch.is_grad_enabled() and "codec" in self.trainable):
@@ -174,17 +173,7 @@ class BridgeModule(L.LightningModule):
     @torch.no_grad()
     def teacher_embedding(self, teacher_image: Tensor) -> Tensor:
         """C(x) of the uncompressed image: the distillation target."""
-        return self.vision(teacher_image)
-
-    @torch.no_grad()
-    def decoded_image_embedding(self, x_hat: Tensor) -> Tensor:
-        """C(x_hat) of a decoded [0, 1] image, through CLIP's own preprocessing (any codec, learned or not)."""
-        return self.vision(self.vision.preprocess(x_hat))
-
-    @torch.no_grad()
-    def reconstruction_embedding(self, y_hat: Tensor) -> Tensor:
-        """C(g_s(y_hat)): the Reconstruction baseline."""
-        return self.decoded_image_embedding(self.codec.synthesize(y_hat))
+        return routes.uncompressed(self, teacher_image)
 
     # -- training -----------------------------------------------------------------------------------------
     def training_loss(self, batch: dict[str, Tensor]) -> SurrogateLossOutput | JointLossOutput:
@@ -208,22 +197,11 @@ class BridgeModule(L.LightningModule):
         self._count_skipped(batch)
         if "label" not in batch:  # every image of the batch was unreadable
             return None
-        optimizers = self.optimizers()
-        opt, *aux_opt = optimizers if isinstance(optimizers, list) else [optimizers]
         out = self.training_loss(batch)
         total = out.loss
-        aux_loss = self.codec.aux_loss() if aux_opt else None
-        if aux_loss is not None:  # disjoint parameters (quantiles only): one backward serves both optimizers
+        aux_loss = self.codec.aux_loss() if "codec" in self.trainable else None
+        if aux_loss is not None:  # the quantiles are a parameter group of their own: one backward serves both
             total = total + aux_loss
-        opt.zero_grad()
-        for o in aux_opt:
-            o.zero_grad()
-        self.manual_backward(total)
-        if self.hparams.clip_max_norm:
-            self.clip_gradients(opt, gradient_clip_val=self.hparams.clip_max_norm, gradient_clip_algorithm="norm")
-        opt.step()
-        for o in aux_opt:
-            o.step()
         bs = batch["label"].shape[0]
         self.log("train/loss", out.loss, prog_bar=True, batch_size=bs)
         for k, v in out._asdict().items():
@@ -232,60 +210,70 @@ class BridgeModule(L.LightningModule):
         if aux_loss is not None:
             self.log("train/aux_loss", aux_loss, batch_size=bs)
         self.log("data/skipped_images", float(self.skipped_images), batch_size=bs)
-        return out.loss
-
-    def on_train_epoch_end(self) -> None:
-        self.lr_schedulers().step()  # the main optimizer's MultiStepLR, stepped per epoch
+        return total
 
     def configure_optimizers(self) -> Any:
-        named = [(n, p) for n, p in self.named_parameters() if p.requires_grad]
-        main = [p for n, p in named if not n.endswith(".quantiles")]
-        aux = [p for n, p in named if n.endswith(".quantiles")]
-        opt = torch.optim.Adam(main, **self.optimizer_cfg)
-        sched = torch.optim.lr_scheduler.MultiStepLR(opt, **self.scheduler_cfg)
-        if not aux:
-            return [opt], [sched]
-        return [opt, torch.optim.Adam(aux, lr=self.hparams.aux_lr)], [sched]
+        return self.configure_net_aux(self.optimizer_factory, self.scheduler_factory, self.hparams.aux_lr)
 
-    # -- evaluation ---------------------------------------------------------------------------------------
+    # -- validation: likelihood rate, three paths ---------------------------------------------------------
     @torch.no_grad()
     def evaluate_batch(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Per-sample top-1 of each path, the batch bpp and the per-sample PSNR of g_s(y_hat)."""
+        """Per-sample top-1 of each path and the batch bpp (likelihood estimate)."""
         x, labels = batch["image"], batch["label"]
         y_hat, likelihoods = self.codec.latent(x)
         x_hat = self.codec.synthesize(y_hat)
         embeddings = {
             "uncompressed": self.teacher_embedding(batch["teacher_image"]),
             self.method_path: self.method_embedding(y_hat),
-            "reconstruction": self.decoded_image_embedding(x_hat),
+            "reconstruction": routes.decoded_image(self, x_hat),
         }
         out = {f"top1_{p}": zero_shot_correct(e, self.text_emb, labels) for p, e in embeddings.items()}
         out["bpp"] = bits_per_pixel(likelihoods, x.shape[-2] * x.shape[-1])
-        mse = (x_hat - x).pow(2).flatten(1).mean(1).clamp_min(1e-10)
-        out["psnr"] = -10 * torch.log10(mse)
+        self.metrics["psnr"].update(x_hat, x)
         return out
 
-    def _eval_step(self, batch: dict[str, Any], prefix: str) -> None:
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._count_skipped(batch)
         if "label" not in batch:
             return
         bs = batch["label"].shape[0]
         for k, v in self.evaluate_batch(batch).items():
             self.metrics[k].update(v, weight=bs if v.ndim == 0 else 1)
-            self.log(
-                f"{prefix}/{k}",
-                self.metrics[k],
-                on_step=False,
-                on_epoch=True,
-                batch_size=bs,
-                prog_bar=k == f"top1_{self.method_path}",
-            )
+        for k, metric in self.metrics.items():
+            prog = k == f"top1_{self.method_path}"
+            self.log(f"val/{k}", metric, on_step=False, on_epoch=True, batch_size=bs, prog_bar=prog)
 
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._eval_step(batch, "val")
+    # -- test: real bitstreams (evaluate.py) --------------------------------------------------------------
+    def configure_evaluation(self, few_shot_groups: int = 0, seed: int = 0) -> None:
+        """Settings of the next ``trainer.test``: 5-way 1-shot groups (0: skip) and their seed (paper A.1)."""
+        self.evaluation = RateAccuracy(("method", "reconstruction", "uncompressed"), few_shot_groups, seed)
 
+    def on_test_epoch_start(self) -> None:
+        self.codec.model.update(force=True)  # entropy-coder tables of the current weights
+        self.evaluation.reset()
+
+    @torch.no_grad()
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._eval_step(batch, "test")
+        """Each image to bytes and back: the server side sees only the bytes (paper Fig. 2)."""
+        self._count_skipped(batch)
+        if "label" not in batch:
+            return
+        x = batch["image"]
+        lmbda = self.codec.lmbda
+        streams = [encode_image(self.codec, x[i : i + 1], lmbda) for i in range(x.shape[0])]
+        y_hat = torch.cat([decode_latent(self.codec, s, lmbda)[0] for s in streams]).to(x.device)
+        likelihoods = self.codec.latent(x).likelihoods
+        bits_est = sum(-torch.log2(lk.clamp_min(1e-9)).flatten(1).sum(1) for lk in likelihoods.values())
+        x_hat = self.codec.synthesize(y_hat)
+        embeddings = {
+            "method": self.method_embedding(y_hat),
+            "reconstruction": routes.decoded_image(self, x_hat),
+            "uncompressed": self.teacher_embedding(batch["teacher_image"]),
+        }
+        self.evaluation.update(batch, embeddings, self.text_emb, [len(s) for s in streams], x_hat, bits_est)
+
+    def on_test_epoch_end(self) -> None:
+        self.test_results = self.evaluation.compute()
 
     # -- checkpoints: only what trains, plus the signature it is valid for --------------------------------
     def _stored(self, key: str) -> bool:
@@ -314,8 +302,9 @@ class BridgeModule(L.LightningModule):
 
     def init_from_phase1(self, path: str | Path) -> None:
         """Phase 2 starts from a converged phase-1 transform-neck (paper 3.5): a d1 checkpoint or run directory
-        of the same codec (and rate point), grid, encoder and skipped blocks."""
-        ckpt = resolve_checkpoint(path, "scenario.init_from")
+        of the same codec (and rate point), grid, encoder and skipped blocks. Runs at fit start only, so a
+        finished phase-2 run loads without its phase-1 run."""
+        ckpt = checkpoint_of(path, "scenario.init_from")
         state = read_checkpoint(ckpt, "scenario.init_from")
         if not isinstance(state, dict):
             raise CheckpointError(f"scenario.init_from: {ckpt} is not a Lightning checkpoint")

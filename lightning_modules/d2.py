@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from latentbridge.losses.joint import JointLoss
 from lightning_modules.bridge import BridgeModule
-from models.joint_loss import JointLoss
 
 
 class D2Module(BridgeModule):
@@ -16,3 +16,4 @@ class D2Module(BridgeModule):
     trainable: ClassVar[tuple[str, ...]] = ("codec", "neck")
     scenario_name: ClassVar[str] = "d2"
     loss_types: ClassVar[tuple[type, ...]] = (JointLoss,)
+    loss_option: ClassVar[str] = "d2"

@@ -6,20 +6,18 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from latentbridge.errors import ConfigError
-from lightning_modules.bridge import BridgeModule
-from models.joint_loss import JointLoss
+from latentbridge.core.errors import ConfigError
+from lightning_modules.d2 import D2Module
 
 
-class D3Module(BridgeModule):
+class D3Module(D2Module):
     """d3: encoder + entropy model + neck trained with R + lambda * L_dist; g_s frozen."""
 
-    trainable: ClassVar[tuple[str, ...]] = ("codec", "neck")
     scenario_name: ClassVar[str] = "d3"
     freeze_decoder: ClassVar[bool] = True
-    loss_types: ClassVar[tuple[type, ...]] = (JointLoss,)
+    loss_option: ClassVar[str] = "d3"
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if self.loss_fn.needs_reconstruction:
-            raise ConfigError("scenario.loss.gamma: d3 does not train for reconstruction (paper Table 1); set it to 0")
+            raise ConfigError("loss.gamma: d3 does not train for reconstruction (paper Table 1); set it to 0 (loss=d3)")

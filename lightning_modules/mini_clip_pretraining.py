@@ -16,14 +16,15 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics import MeanMetric
 
-from models.surrogate_loss import zero_shot_correct
-from models.vision_encoder import TEACHER_FORMAT, VisionEncoder, to_plain
+from latentbridge.metrics.zero_shot import zero_shot_correct
+from latentbridge.vision.open_clip_encoder import TEACHER_FORMAT, VisionEncoder, to_plain
 
 
 class MiniClipPretraining(L.LightningModule):
     """Trains both towers of ``vision.clip``; validation reports zero-shot top-1 with all templates averaged."""
 
     monitor: ClassVar[tuple[str, str]] = ("val/top1", "max")
+    uses: ClassVar[tuple[str, ...]] = ("vision",)
 
     def __init__(
         self, vision: VisionEncoder, arch: dict[str, Any], lr: float = 1e-3, weight_decay: float = 0.1, seed: int = 0
@@ -69,7 +70,9 @@ class MiniClipPretraining(L.LightningModule):
             lr=self.hparams.lr,
         )
         total = self.trainer.estimated_stepping_batches
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=self.hparams.lr, total_steps=int(total), pct_start=0.1)
+        sched = torch.optim.lr_scheduler.OneCycleLR(
+            opt, max_lr=self.hparams.lr, total_steps=max(1, int(total)), pct_start=0.1
+        )
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def export(self) -> dict[str, Any]:

@@ -12,19 +12,16 @@ Also the entropy coder's encode and decode times. Prints medians over ``bench.re
 from __future__ import annotations
 
 import statistics
-import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
-import hydra
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import train  # noqa: E402,F401  (resolvers)
-from models.bitstream import decode_latent, encode_image  # noqa: E402
+from latentbridge import routes
+from latentbridge.cli import hydra_command
+from latentbridge.codecs.bitstream import decode_latent, encode_image
+from latentbridge.runs import build_scenario
 
 
 def median_ms(fn: Callable[[], object], repeats: int, device: str) -> float:
@@ -42,12 +39,11 @@ def median_ms(fn: Callable[[], object], repeats: int, device: str) -> float:
     return statistics.median(times)
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
-def main(cfg: DictConfig) -> None:
+def benchmark(cfg: DictConfig) -> None:
     bench = cfg.get("bench") or {}
     device, repeats = str(bench.get("device", "cpu")), int(bench.get("repeats", 20))
     torch.manual_seed(0)
-    module = instantiate(cfg.scenario).eval()
+    module = build_scenario(cfg).eval()
     codec, vision, k = module.codec, module.vision, module.skip_blocks
     codec.model.update(force=True)
     size = int(cfg.data.image_size)
@@ -60,13 +56,11 @@ def main(cfg: DictConfig) -> None:
 
     @torch.no_grad()
     def neck_path() -> torch.Tensor:
-        y_hat = decode_latent(codec, data, lmbda)[0]
-        return vision.forward_from_block(module.neck(y_hat), k)
+        return routes.neck(module, decode_latent(codec, data, lmbda)[0])
 
     @torch.no_grad()
     def reconstruction_path() -> torch.Tensor:
-        y_hat = decode_latent(codec, data, lmbda)[0]
-        return vision(vision.preprocess(codec.synthesize(y_hat)))
+        return routes.reconstruction(module, decode_latent(codec, data, lmbda)[0])
 
     rows["entropy decode (range coder + h_s)"] = median_ms(lambda: decode_latent(codec, data, lmbda), repeats, device)
     rows["neck path"] = median_ms(neck_path, repeats, device)
@@ -82,4 +76,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    hydra_command("train", benchmark)()

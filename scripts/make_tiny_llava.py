@@ -16,9 +16,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from latentbridge.tiny_llava import TEXT, VISION, tiny_llava, tiny_tokenizer  # noqa: E402
+from latentbridge.mllm.tiny_llava import TEXT, VISION, tiny_llava, tiny_tokenizer
 
 
 def main(out: Path) -> None:

@@ -1,7 +1,7 @@
 """How close each path's embedding is to the uncompressed one, C(x) (cf. paper Fig. 7's feature-matching MSE), and
 each path's top-1 on the training and the test split: a diagnostic for why a path wins or loses.
 
-    python scripts/path_fidelity.py 'runs=[logs/reproduce/mini/d1/lambda0.0004,...]' +limit=1000
+    python scripts/path_fidelity.py 'runs=[logs/reproduce/mini/d1/lambda0.0004,...]' limit=1000
 
 Prints, per run: top-1 (test, train), the MSE and the cosine similarity of the method path and of Reconstruction
 to C(x) (likelihood-free: y_hat as coded in eval mode).
@@ -9,20 +9,19 @@ to C(x) (likelihood-free: y_hat as coded in eval mode).
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import hydra
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from evaluate import load_rate_point  # noqa: E402
-from models.surrogate_loss import zero_shot_correct  # noqa: E402
+from latentbridge import routes
+from latentbridge.cli import hydra_command
+from latentbridge.metrics.zero_shot import zero_shot_correct
+from latentbridge.workflows.evaluate import open_rate_point
 
 
 @torch.no_grad()
@@ -32,9 +31,9 @@ def fidelity(module, loader) -> dict[str, float]:
         if "label" not in batch:
             continue
         y_hat, _ = module.codec.latent(batch["image"])
-        out["method"].append(module.method_embedding(y_hat))
-        out["reconstruction"].append(module.reconstruction_embedding(y_hat))
-        out["uncompressed"].append(module.teacher_embedding(batch["teacher_image"]))
+        out["method"].append(routes.latent_route(module.method_path)(module, y_hat))
+        out["reconstruction"].append(routes.reconstruction(module, y_hat))
+        out["uncompressed"].append(routes.uncompressed(module, batch["teacher_image"]))
         out["label"].append(batch["label"])
     e = {k: torch.cat(v) for k, v in out.items()}
     res = {}
@@ -46,18 +45,18 @@ def fidelity(module, loader) -> dict[str, float]:
     return res
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
-def main(cfg: DictConfig) -> None:
+def path_fidelity(cfg: DictConfig) -> None:
     table = Table(title="path fidelity to C(x)")
     cols = ["run", "split", "top1 method", "top1 recon", "top1 C(x)"]
     cols += ["MSE method", "MSE recon", "cos method", "cos recon"]
     for c in cols:
         table.add_column(c)
     for run in cfg.runs:
-        module, dm, rcfg, _ = load_rate_point(Path(run), cfg)
-        with open_dict(rcfg):
-            rcfg.data.train_subset = cfg.limit
-        train_dm = hydra.utils.instantiate(OmegaConf.merge(rcfg.data, {"val_subset": cfg.limit}))
+        finished, dm = open_rate_point(Path(run), cfg)
+        module = finished.module
+        train_dm = hydra.utils.instantiate(
+            OmegaConf.merge(finished.config.data, {"train_subset": cfg.limit, "val_subset": cfg.limit})
+        )
         train_dm.setup("fit")
         for split, loader in (("test", dm.test_dataloader()), ("train", train_dm.train_dataloader())):
             r = fidelity(module, loader)
@@ -71,4 +70,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    hydra_command("evaluate", path_fidelity)()

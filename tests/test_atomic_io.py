@@ -3,7 +3,8 @@ import json
 import pytest
 import torch
 
-from latentbridge.atomic_io import AtomicCheckpointIO, atomic_write_json
+from latentbridge.core.atomic_io import atomic_write_json
+from latentbridge.core.checkpoint_io import AtomicCheckpointIO
 
 
 def test_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path, monkeypatch):

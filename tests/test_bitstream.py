@@ -7,10 +7,11 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT
+from helpers.config import ROOT
 from PIL import Image
 
-from models.bitstream import (
+from latentbridge.codecs.adapter import build_codec, codec_checkpoint
+from latentbridge.codecs.bitstream import (
     Bitstream,
     BitstreamError,
     bits_per_pixel_of,
@@ -19,7 +20,6 @@ from models.bitstream import (
     encode_image,
     pad_to_multiple,
 )
-from models.codec_adapter import build_codec, codec_checkpoint
 
 SMALL = {
     "mini": {"N": 16, "M": 24},
@@ -118,7 +118,7 @@ def test_forged_container_with_a_valid_checksum_decodes_without_crash_and_bad_si
 
 def _cli(*args):
     return subprocess.run(
-        [sys.executable, "-m", "latentbridge.codec_cli", *map(str, args)],
+        [sys.executable, "-m", "latentbridge.cli.codec", *map(str, args)],
         cwd=ROOT,
         capture_output=True,
         text=True,

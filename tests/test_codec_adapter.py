@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
-from latentbridge.errors import CheckpointError, ConfigError
-from models.codec_adapter import CODECS, bits_per_pixel, build_codec, codec_checkpoint
+from latentbridge.codecs.adapter import CODECS, bits_per_pixel, build_codec, codec_checkpoint
+from latentbridge.core.errors import CheckpointError, ConfigError
 
 SMALL = {
     "mini": {"N": 16, "M": 24},

@@ -4,7 +4,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, hydra_cfg
+from helpers.config import ROOT, hydra_cfg
 
 EXPERIMENTS = ["mini_d1", "mini_d2", "mini_d3", "mini_post_processing", "mini_codec", "mini_teacher"]
 EXPERIMENTS += ["paper_d1", "paper_d2", "paper_d3", "paper_post_processing", "paper_codec", "paper_d1_llava"]
@@ -24,7 +24,10 @@ def test_paper_d1_matches_the_paper(tmp_path):
         assert (cfg.loss.e1, cfg.loss.e2, cfg.loss.beta / cfg.loss.alpha) == (20, 40, 100)
         assert cfg.loss.similarity == "cosine"
         assert cfg.scenario.skip_blocks == 2
-        assert dict(cfg.scenario.optimizer) == {"lr": 1e-4, "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.0}
+        optimizer = {k: v for k, v in cfg.scenario.optimizer.items() if not k.startswith("_")}
+        assert cfg.scenario.optimizer._target_ == "torch.optim.Adam" and cfg.scenario.optimizer._partial_
+        assert optimizer == {"lr": 1e-4, "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.0}
+        assert cfg.scenario.scheduler._target_ == "torch.optim.lr_scheduler.MultiStepLR"
         assert list(cfg.scenario.scheduler.milestones) == [20] and cfg.scenario.scheduler.gamma == 0.1
         assert cfg.trainer.max_epochs == 60 and cfg.trainer.limit_train_batches == 3337
 
@@ -33,20 +36,30 @@ def test_paper_phase2_and_post_processing_match_the_paper(tmp_path):
     for scenario, gamma in (("d2", 65025.0), ("d3", 0.0)):
         with hydra_cfg([f"experiment=paper_{scenario}"], tmp_path) as cfg:
             assert cfg.scenario._target_ == f"lightning_modules.{scenario}.{scenario.upper()}Module"
-            assert cfg.loss._target_ == "models.joint_loss.JointLoss" and cfg.loss.gamma == gamma
+            assert cfg.loss._target_ == "latentbridge.losses.joint.JointLoss" and cfg.loss.gamma == gamma
             assert cfg.loss.delta * 60 == 65025.0 and cfg.loss.lmbda == cfg.codec.lmbda  # gamma:delta = 60:1
             assert cfg.codec.arch.M == 320 and cfg.vision.model_name == "ViT-L-14" and cfg.scenario.skip_blocks == 2
+    from omegaconf import OmegaConf
+
+    composed = []
+    for experiment in ("paper_d2", "paper_d3"):
+        with hydra_cfg([f"experiment={experiment}"], tmp_path) as cfg:
+            composed.append(OmegaConf.to_container(cfg, resolve=False))
+    a, b = composed
+    differ = {k for k in a if a[k] != b[k]}
+    assert differ == {"experiment_name", "scenario", "loss"}  # paper_d3 extends paper_d2 (task_name derives)
+    assert {k for k in a["scenario"] if a["scenario"][k] != b["scenario"].get(k)} == {"_target_"}
     with hydra_cfg(["experiment=paper_post_processing"], tmp_path) as cfg:
         assert (cfg.scenario.post.base_channels, cfg.scenario.post.depth) == (64, 4)  # 31.04M (test_phase2)
-        assert cfg.loss._target_ == "models.surrogate_loss.SurrogateLoss" and cfg.loss.e1 == 20
+        assert cfg.loss._target_ == "latentbridge.losses.surrogate.SurrogateLoss" and cfg.loss.e1 == 20
 
 
 def test_paper_d1_builds_with_random_weights_and_the_table3_neck(tmp_path):
     """The real paper module (ELIC + ViT-L/14) instantiates offline; the neck it builds has 13,191,168 params."""
-    from hydra.utils import instantiate
+    from latentbridge.runs import build_scenario
 
     with hydra_cfg(["experiment=paper_d1", "codec.checkpoint=null", "vision.pretrained=null"], tmp_path) as cfg:
-        module = instantiate(cfg.scenario)
+        module = build_scenario(cfg)
     assert sum(p.numel() for p in module.neck.parameters()) == 13_191_168
     assert module.neck.grid_size == (16, 16) and module.vision.grid_size == (16, 16)
     assert all(p.requires_grad for p in module.neck.parameters())
@@ -110,7 +123,7 @@ def test_cli_missing_mandatory_value_names_the_key(tmp_path):
 
 
 def test_slurm_launcher_follows_the_trainer(tmp_path):
-    from conftest import CONF
+    from helpers.config import CONF
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 

@@ -5,11 +5,14 @@ import json
 
 import pytest
 import torch
-from conftest import TINY_D1, fit, hydra_cfg
+from helpers.config import TINY_D1, hydra_cfg
+from helpers.training import fit
 from hydra.utils import instantiate
 
-import train
-from latentbridge.errors import CheckpointError
+from latentbridge import routes
+from latentbridge.core.errors import CheckpointError
+from latentbridge.runs import build_scenario
+from latentbridge.workflows.train import run as train_run
 
 
 def test_neck_learns_distillation_while_codec_and_teacher_stay_frozen(tmp_path):
@@ -19,7 +22,7 @@ def test_neck_learns_distillation_while_codec_and_teacher_stay_frozen(tmp_path):
     overrides = [*TINY_D1, "loss.e1=0", "loss.e2=0", "scenario.optimizer.lr=1e-3", "data.train_size=128"]
     with hydra_cfg(overrides, tmp_path) as cfg:
         L.seed_everything(0)
-        dm, module = instantiate(cfg.data), instantiate(cfg.scenario)
+        dm, module = instantiate(cfg.data), build_scenario(cfg)
     module.set_classes(dm.classnames, dm.templates)
     frozen_before = {k: v.clone() for k, v in module.state_dict().items() if not k.startswith("neck.")}
     batch = next(iter(dm.val_dataloader()))
@@ -29,7 +32,7 @@ def test_neck_learns_distillation_while_codec_and_teacher_stay_frozen(tmp_path):
         with torch.no_grad():
             y_hat, _ = module.codec.latent(batch["image"])
             return torch.nn.functional.mse_loss(
-                module.neck_embedding(y_hat), module.teacher_embedding(batch["teacher_image"])
+                routes.neck(module, y_hat), module.teacher_embedding(batch["teacher_image"])
             ).item()
 
     before = dist()
@@ -43,7 +46,7 @@ def test_neck_learns_distillation_while_codec_and_teacher_stay_frozen(tmp_path):
 
 def test_codec_and_teacher_stay_in_eval_mode_during_training(tmp_path):
     with hydra_cfg(TINY_D1, tmp_path) as cfg:
-        module = instantiate(cfg.scenario)
+        module = build_scenario(cfg)
     module.train()
     assert module.neck.training
     assert not module.codec.training and not any(m.training for m in module.codec.modules())
@@ -52,7 +55,7 @@ def test_codec_and_teacher_stay_in_eval_mode_during_training(tmp_path):
 
 def test_run_writes_results_and_a_checkpoint_with_only_the_neck(tmp_path):
     with hydra_cfg(TINY_D1, tmp_path) as cfg:
-        results = train.run(cfg)
+        results = train_run(cfg)
     out = tmp_path / "run"
     saved = json.loads((out / "results.json").read_text())
     assert saved == json.loads(json.dumps(results))
@@ -65,11 +68,11 @@ def test_run_writes_results_and_a_checkpoint_with_only_the_neck(tmp_path):
 
 def test_resume_continues_from_last_checkpoint(tmp_path):
     with hydra_cfg(TINY_D1, tmp_path / "a") as cfg:
-        train.run(cfg)
+        train_run(cfg)
     last = tmp_path / "a" / "run" / "checkpoints" / "last.ckpt"
     first = torch.load(last, weights_only=True)
     with hydra_cfg([*TINY_D1, "trainer.max_epochs=2", f"ckpt_path={last}"], tmp_path / "b") as cfg:
-        results = train.run(cfg)
+        results = train_run(cfg)
     resumed = torch.load(tmp_path / "b" / "run" / "checkpoints" / "last.ckpt", weights_only=True)
     assert first["epoch"] == 0 and resumed["epoch"] == 1 and results["epochs"] == 2
     assert first["global_step"] < resumed["global_step"]
@@ -77,14 +80,14 @@ def test_resume_continues_from_last_checkpoint(tmp_path):
 
 def test_resume_from_a_checkpoint_of_another_architecture_is_refused(tmp_path):
     with hydra_cfg(TINY_D1, tmp_path / "a") as cfg:
-        train.run(cfg)
+        train_run(cfg)
     last = tmp_path / "a" / "run" / "checkpoints" / "last.ckpt"
     with hydra_cfg([*TINY_D1, "codec.arch.M=32", f"ckpt_path={last}", "trainer.max_epochs=2"], tmp_path / "b") as cfg:
         with pytest.raises(CheckpointError, match="codec_arch"):
-            train.run(cfg)
+            train_run(cfg)
     with hydra_cfg([*TINY_D1, f"ckpt_path={tmp_path / 'missing.ckpt'}"], tmp_path / "c") as cfg:
         with pytest.raises(CheckpointError, match="ckpt_path: .* does not exist"):
-            train.run(cfg)
+            train_run(cfg)
 
 
 def test_wandb_logs_offline_without_an_api_key_one_wandb_run_per_run(tmp_path, monkeypatch):
@@ -94,6 +97,6 @@ def test_wandb_logs_offline_without_an_api_key_one_wandb_run_per_run(tmp_path, m
     for name in ("a", "b"):
         with hydra_cfg([*TINY_D1, "logger=wandb", "final_eval=false"], tmp_path / name) as cfg:
             assert cfg.logger.wandb.offline is True
-            train.run(cfg)
+            train_run(cfg)
     for name in ("a", "b"):
         assert len(list((tmp_path / name / "run" / "wandb").glob("offline-run-*"))) == 1

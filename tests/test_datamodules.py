@@ -3,13 +3,13 @@ import gzip
 import numpy as np
 import pytest
 import torch
-from conftest import FMNIST, needs_fmnist
+from helpers.config import FMNIST, needs_fmnist
 from PIL import Image
 
 from datamodules import FashionMNISTDataModule, ImageFolderDataModule, ImageNetDataModule, SyntheticDataModule
 from datamodules.classification import collate_skipping
 from datamodules.fashion_mnist import CLASSNAMES, read_idx
-from latentbridge.errors import DataError
+from latentbridge.core.errors import DataError
 
 KW = {"image_size": 64, "teacher_image_size": 32, "batch_size": 4}
 

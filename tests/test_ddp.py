@@ -4,9 +4,9 @@ import json
 
 import pytest
 import torch
-from conftest import TINY_D1, hydra_cfg
+from helpers.config import TINY_D1, hydra_cfg
 
-import train
+from latentbridge.workflows.train import run as train_run
 
 
 @pytest.mark.slow
@@ -21,7 +21,7 @@ def test_d1_trains_with_two_processes(tmp_path):
         "data.batch_size=8",
     ]
     with hydra_cfg(overrides, tmp_path) as cfg:
-        results = train.run(cfg)
+        results = train_run(cfg)
     saved = json.loads((tmp_path / "run" / "results.json").read_text())
     assert saved["metrics"] == results["metrics"] and 0 <= saved["metrics"]["top1_neck"] <= 1
     ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)

@@ -5,15 +5,15 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_D1, hydra_cfg
+from helpers.config import TINY_D1, hydra_cfg
 from PIL import Image
 
-import train
-from latentbridge.curves import bd_table, curves
-from latentbridge.few_shot import few_shot_accuracy, sample_groups
-from latentbridge.traditional_codecs import code_image, unavailable_reason
-from models.complexity import count_macs
-from models.transform_neck import TransformNeck
+from latentbridge.analysis.curves import bd_table, curves
+from latentbridge.codecs.traditional import code_image, unavailable_reason
+from latentbridge.metrics.few_shot import few_shot_accuracy, sample_groups
+from latentbridge.metrics.macs import count_macs
+from latentbridge.nn.transform_neck import TransformNeck
+from latentbridge.workflows.train import run as train_run
 
 
 def test_few_shot_groups_follow_paper_a1():
@@ -82,16 +82,16 @@ def test_mac_counter_counts_attention():
 
 def test_evaluate_end_to_end_on_a_tiny_run(tmp_path):
     """A tiny d1 run at two rate points, evaluated through real bitstreams with a JPEG anchor."""
-    from conftest import CONF
+    from helpers.config import CONF
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    import evaluate
+    from latentbridge.workflows import evaluate
 
     runs = []
     for i, lmbda in enumerate((0.001, 0.05)):
         with hydra_cfg([*TINY_D1, f"codec.lmbda={lmbda}"], tmp_path / f"r{i}") as cfg:
-            train.run(cfg)
+            train_run(cfg)
             run = tmp_path / f"r{i}" / "run"
             (run / ".hydra").mkdir()
             OmegaConf.save(cfg, run / ".hydra" / "config.yaml")  # as Hydra writes it for a CLI run

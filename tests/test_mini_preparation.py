@@ -3,9 +3,9 @@
 import json
 
 import pytest
-from conftest import hydra_cfg, needs_fmnist
+from helpers.config import hydra_cfg, needs_fmnist
 
-import train
+from latentbridge.workflows.train import run as train_run
 
 TINY_PREP = [
     "logger=none",
@@ -26,7 +26,7 @@ def test_default_run_prepares_and_caches_teacher_and_codec(tmp_path):
     tmp_path = tmp_path / "0_codec.lmbda=0.0035,x=[1]"  # a multirun job dir: '=', ',' and brackets in paths
     with hydra_cfg(TINY_PREP, tmp_path / "first") as cfg:
         cache = tmp_path / "first" / "cache"
-        results = train.run(cfg)
+        results = train_run(cfg)
     teacher, codec = cache / "teachers" / "mini_clip.pt", cache / "codecs" / "mini_lambda0.0035.pt"
     assert teacher.is_file() and codec.is_file()
     prep = tmp_path / "first" / "run" / "prepare"
@@ -36,6 +36,6 @@ def test_default_run_prepares_and_caches_teacher_and_codec(tmp_path):
 
     mtimes = (teacher.stat().st_mtime_ns, codec.stat().st_mtime_ns)
     with hydra_cfg([*TINY_PREP, f"paths.cache_dir='{cache}'"], tmp_path / "second") as cfg:
-        train.run(cfg)
+        train_run(cfg)
     assert (teacher.stat().st_mtime_ns, codec.stat().st_mtime_ns) == mtimes  # reused, not retrained
     assert not (tmp_path / "second" / "run" / "prepare").exists()

@@ -7,14 +7,14 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from latentbridge.tiny_llava import IMAGE_TOKEN, TEXT, VISION, tiny_tokenizer  # noqa: E402
-from models.hf_vision_encoder import build_hf_vision_encoder  # noqa: E402
-from models.llava_reader import LlavaReader  # noqa: E402
+from latentbridge.mllm.llava_reader import LlavaReader  # noqa: E402
+from latentbridge.mllm.tiny_llava import IMAGE_TOKEN, TEXT, VISION, tiny_tokenizer  # noqa: E402
+from latentbridge.vision.hf_clip_encoder import HFVisionEncoder, build_hf_vision_encoder, hf_tokenizer  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def tiny_llava():
-    from latentbridge.tiny_llava import tiny_llava as build
+    from latentbridge.mllm.tiny_llava import tiny_llava as build
 
     torch.manual_seed(0)
     return build()
@@ -73,9 +73,8 @@ def test_a_neck_trained_against_the_hf_backend_targets_llavas_tower(tiny_llava):
 
     clip = CLIPModel(CLIPConfig(vision_config=VISION, text_config=TEXT, projection_dim=24)).eval()
     clip.vision_model.load_state_dict(tiny_llava.model.vision_tower.state_dict())
-    from models.hf_vision_encoder import HFVisionEncoder
 
-    enc = HFVisionEncoder(clip, 32)
+    enc = HFVisionEncoder(clip, hf_tokenizer(clip), 32)
     pixels = torch.randn(2, 3, 32, 32)
     hidden = tiny_llava.model.vision_tower(pixels, output_hidden_states=True).hidden_states
     assert torch.equal(enc.run_blocks(enc.embed(pixels), 0, 2), hidden[2])
@@ -110,10 +109,10 @@ def tiny_task(tmp_path_factory):
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     """A trained tiny d1 run whose encoder is a Hugging Face CLIP (the tower geometry of the tiny LLaVA)."""
-    from conftest import TINY_D1, hydra_cfg
+    from helpers.config import TINY_D1, hydra_cfg
     from omegaconf import OmegaConf
 
-    import train
+    from latentbridge.workflows.train import run as train_run
 
     tmp = tmp_path_factory.mktemp("hf_run")
     overrides = [o for o in TINY_D1 if o != "vision.checkpoint=null"] + [
@@ -124,7 +123,7 @@ def tiny_run(tmp_path_factory):
         OmegaConf.update(cfg, "vision.config", {"vision_config": VISION, "text_config": TEXT, "projection_dim": 24})
         (tmp / "run" / ".hydra").mkdir(parents=True)
         (tmp / "run" / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
-        results = train.run(cfg)
+        results = train_run(cfg)
     return tmp / "run", results
 
 
@@ -151,7 +150,7 @@ def test_lmms_eval_round_trip_on_a_tiny_local_task(tiny_llava, tiny_task, tiny_r
     from lmms_eval.models import get_model
     from lmms_eval.tasks import TaskManager
 
-    from latentbridge.lmms_model import LatentBridgeLLaVA
+    from latentbridge.mllm.lmms_model import LatentBridgeLLaVA
 
     assert get_model("latentbridge") is LatentBridgeLLaVA  # the entry point registers --model latentbridge
     bits = tmp_path / "bits.json"
@@ -167,7 +166,7 @@ def test_lmms_eval_round_trip_on_a_tiny_local_task(tiny_llava, tiny_task, tiny_r
 def test_mllm_evaluate_joins_scores_and_bits_for_each_path(tiny_llava, tiny_task, tiny_run, tmp_path):
     from omegaconf import OmegaConf
 
-    import mllm_evaluate
+    from latentbridge.workflows import mllm_evaluate
 
     cfg = OmegaConf.create(
         {"tasks": ["tiny_vqa"], "include_path": str(tiny_task), "limit": None, "metrics": {}, "device": "cpu"}
@@ -187,8 +186,8 @@ def test_mllm_evaluate_writes_joined_results_and_a_curve_per_task(
 ):
     from omegaconf import OmegaConf
 
-    import mllm_evaluate
-    from models import llava_reader
+    from latentbridge.mllm import llava_reader
+    from latentbridge.workflows import mllm_evaluate
 
     monkeypatch.setattr(
         llava_reader.LlavaReader, "from_pretrained", classmethod(lambda cls, *a, **k: _reader(tiny_llava))

@@ -3,17 +3,21 @@ each scenario trains exactly its parts, phase 2 starts from the phase-1 neck and
 
 import math
 
+import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import TINY_D1, fit, hydra_cfg
+from helpers.config import TINY_D1, hydra_cfg
+from helpers.training import fit
 from hydra.utils import instantiate
 
-import train
-from latentbridge.errors import ConfigError
-from models.codec_adapter import ENTROPY_TABLES, build_codec
-from models.joint_loss import JointLoss
-from models.post_processing import UNet
+from latentbridge.cli import user_error
+from latentbridge.codecs.adapter import ENTROPY_TABLES, build_codec
+from latentbridge.core.errors import ConfigError
+from latentbridge.losses.joint import JointLoss
+from latentbridge.nn.unet import UNet
+from latentbridge.runs import build_scenario
+from latentbridge.workflows.train import run as train_run
 
 TINY = [o for o in TINY_D1 if not o.startswith("trainer.max_epochs")] + [
     "data.train_subset=null",
@@ -53,7 +57,7 @@ def test_train_mode_latent_is_rounded_with_a_straight_through_gradient():
 
 def _d1_run(tmp_path, *extra: str):
     with hydra_cfg([*TINY, "trainer.max_epochs=1", *extra], tmp_path / "d1") as cfg:
-        train.run(cfg)
+        train_run(cfg)
     return tmp_path / "d1" / "run"
 
 
@@ -67,7 +71,7 @@ def _refusal(fn, *args) -> str:
     """The one-line user error that ``fn(*args)`` raises (Hydra wraps errors raised while instantiating)."""
     with pytest.raises(Exception) as err:
         fn(*args)
-    found = train.user_error(err.value)
+    found = user_error(err.value)
     assert found is not None, err.value
     return str(found)
 
@@ -77,12 +81,27 @@ def _phase2(tmp_path, scenario: str, d1_dir, *extra: str):
         return instantiate(c.data), instantiate(c.scenario)
 
 
+class _NeckAtFitStart(L.Callback):
+    """The neck's weights when training starts (after ``setup``, where phase 2 reads its phase-1 neck)."""
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.neck = {k: v.clone() for k, v in pl_module.neck.state_dict().items()}
+
+
+def _phase2_fit_start(tmp_path, scenario: str, d1_dir, *extra: str) -> dict:
+    """Build a phase-2 module and start fitting it (one step): the phase-1 neck is read at fit start."""
+    dm, module = _phase2(tmp_path, scenario, d1_dir, *extra)
+    capture = _NeckAtFitStart()
+    fit(module, dm, epochs=1, max_steps=1, limit_val_batches=0, callbacks=[capture])
+    return capture.neck
+
+
 def test_d2_starts_from_the_d1_neck_and_trains_codec_and_neck(tmp_path, d1_dir):
     d1_neck = torch.load(d1_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    at_start = _phase2_fit_start(tmp_path / "start", "d2", d1_dir)
+    assert at_start and all(torch.equal(v, d1_neck[f"neck.{k}"]) for k, v in at_start.items())
     dm, module = _phase2(tmp_path / "d2", "d2", d1_dir, "data.train_size=64", "scenario.optimizer.lr=1e-3")
-    for k, v in module.state_dict().items():
-        if k.startswith("neck."):
-            assert torch.equal(v, d1_neck[k]), k
+    module.init_from_phase1(d1_dir)
     before = {k: v.clone() for k, v in module.state_dict().items()}
     fit(module, dm)
     after = module.state_dict()
@@ -112,16 +131,17 @@ def test_d3_trains_the_encoder_side_and_keeps_g_s_frozen_in_eval_mode(tmp_path, 
 def test_d2_run_checkpoints_codec_and_neck_without_entropy_tables_and_resumes(tmp_path, d1_dir):
     overrides = ["experiment=mini_d2", *TINY, f"scenario.init_from={d1_dir}", "trainer.max_epochs=1"]
     with hydra_cfg(overrides, tmp_path / "a") as cfg:
-        results = train.run(cfg)
+        results = train_run(cfg)
     assert results["scenario"] == "D2Module" and "psnr" in results["metrics"]
     last = tmp_path / "a" / "run" / "checkpoints" / "last.ckpt"
     state = torch.load(last, weights_only=True)
     keys = state["state_dict"]
     assert any(k.startswith("codec.model.g_s.") for k in keys) and any(k.startswith("neck.") for k in keys)
     assert not any(k.endswith(ENTROPY_TABLES) for k in keys) and not any(k.startswith("vision.") for k in keys)
-    assert len(state["optimizer_states"]) == 2  # main + the explicit aux optimizer
+    (optimizer,) = state["optimizer_states"]  # one Adam: the main parameters and the quantiles as two groups
+    assert len(optimizer["param_groups"]) == 2 and optimizer["param_groups"][1]["lr"] == 1e-3
     with hydra_cfg([*overrides[:-1], "trainer.max_epochs=2", f"ckpt_path={last}"], tmp_path / "b") as cfg:
-        assert train.run(cfg)["epochs"] == 2
+        assert train_run(cfg)["epochs"] == 2
 
 
 @pytest.mark.parametrize(
@@ -135,17 +155,17 @@ def test_d2_run_checkpoints_codec_and_neck_without_entropy_tables_and_resumes(tm
     ],
 )
 def test_phase2_from_a_mismatched_phase1_checkpoint_is_refused(tmp_path, d1_dir, change, key):
-    message = _refusal(_phase2, tmp_path / "d2", "d2", d1_dir, change)
+    message = _refusal(_phase2_fit_start, tmp_path / "d2", "d2", d1_dir, change)
     assert message.startswith(f"scenario.init_from: checkpoint was trained with {key}="), message
 
 
 def test_phase2_from_something_that_is_not_a_phase1_checkpoint_is_refused(tmp_path):
-    assert _refusal(_phase2, tmp_path, "d2", tmp_path / "nope.ckpt").endswith("nope.ckpt does not exist")
+    assert _refusal(_phase2_fit_start, tmp_path, "d2", tmp_path / "nope.ckpt").endswith("nope.ckpt does not exist")
     (tmp_path / "unfinished").mkdir()
-    assert "without results.json" in _refusal(_phase2, tmp_path, "d3", tmp_path / "unfinished")
+    assert "without results.json" in _refusal(_phase2_fit_start, tmp_path, "d3", tmp_path / "unfinished")
     with hydra_cfg(["experiment=mini_post_processing", *TINY, "trainer.max_epochs=1"], tmp_path / "pp") as cfg:
-        train.run(cfg)
-    message = _refusal(_phase2, tmp_path / "x", "d2", tmp_path / "pp" / "run", "scenario.skip_blocks=0")
+        train_run(cfg)
+    message = _refusal(_phase2_fit_start, tmp_path / "x", "d2", tmp_path / "pp" / "run", "scenario.skip_blocks=0")
     assert "holds no transform-neck" in message, message
     with hydra_cfg(["experiment=mini_d2", *TINY], tmp_path / "m") as cfg:
         assert "scenario.init_from" in _refusal(instantiate, cfg.scenario)
@@ -153,7 +173,9 @@ def test_phase2_from_something_that_is_not_a_phase1_checkpoint_is_refused(tmp_pa
 
 def test_phase2_without_its_own_preset_says_which_preset(tmp_path):
     with hydra_cfg([*TINY, "scenario=d2", "scenario.init_from=x"], tmp_path) as cfg:
-        assert "use experiment=mini_d2" in _refusal(instantiate, cfg.scenario)
+        message = _refusal(instantiate, cfg.scenario)
+    assert message.startswith("loss: D2Module trains with JointLoss") and "loss=d2" in message, message
+    assert "experiment=*_d2" in message, message
 
 
 def test_post_processing_unet_has_the_table3_size_and_starts_as_identity():
@@ -167,7 +189,7 @@ def test_post_processing_unet_has_the_table3_size_and_starts_as_identity():
 def test_post_processing_trains_only_the_unet(tmp_path):
     overrides = ["experiment=mini_post_processing", *TINY, "data.train_size=64", "scenario.optimizer.lr=1e-3"]
     with hydra_cfg(overrides, tmp_path) as cfg:
-        dm, module = instantiate(cfg.data), instantiate(cfg.scenario)
+        dm, module = instantiate(cfg.data), build_scenario(cfg)
     assert module.neck is None and module.monitor == ("val/top1_post_processing", "max")
     before = {k: v.clone() for k, v in module.state_dict().items()}
     fit(module, dm)

@@ -5,16 +5,18 @@ import json
 import logging
 
 import pytest
-from conftest import CONF
+from helpers.config import CONF
 
-import reproduce
-from latentbridge.errors import ConfigError
+from latentbridge.core.errors import ConfigError
+from latentbridge.workflows import reproduce
 
 
 def _cfg(tmp_path, *overrides: str):
     from hydra import compose, initialize_config_dir
 
-    import train  # noqa: F401  (registers the resolvers)
+    from latentbridge.core.config import register_resolvers
+
+    register_resolvers()
 
     with initialize_config_dir(str(CONF), version_base="1.3"):
         cfg = compose(
@@ -88,7 +90,7 @@ def test_the_whole_tiny_plan_gives_every_figure_and_a_verdict_on_every_finding(t
 
 
 def test_findings_compare_curves_at_equal_rate():
-    from latentbridge.findings import Rows, _cmp_at_rate
+    from latentbridge.analysis.findings import Rows, _cmp_at_rate
 
     rows = Rows(
         [

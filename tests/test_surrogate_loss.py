@@ -4,7 +4,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.surrogate_loss import ProgressiveSchedule, SurrogateLoss, class_logits, zero_shot_correct
+from latentbridge.core.errors import ConfigError
+from latentbridge.losses.surrogate import ProgressiveSchedule, SurrogateLoss, class_logits
+from latentbridge.metrics.zero_shot import zero_shot_correct
 
 
 def test_progressive_schedule_boundaries_match_eq4():
@@ -42,8 +44,10 @@ def test_reference_similarity_uses_unnormalized_image_embedding():
 
 
 def test_unknown_similarity_names_the_config_key():
-    with pytest.raises(ValueError, match="loss.similarity"):
+    with pytest.raises(ConfigError, match="loss.similarity"):
         SurrogateLoss(similarity="dot")
+    with pytest.raises(ConfigError, match="loss.e2"):
+        SurrogateLoss(e1=5, e2=2)
 
 
 def test_zero_shot_correct_picks_the_nearest_class():

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from models.transform_neck import TransformNeck
+from latentbridge.nn.transform_neck import TransformNeck
 
 
 def test_paper_configuration_has_table3_parameter_count():

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from latentbridge.errors import CheckpointError, ConfigError
-from models.vision_encoder import build_vision_encoder
+from latentbridge.core.errors import CheckpointError, ConfigError
+from latentbridge.vision.open_clip_encoder import build_vision_encoder
 
 TINY_ARCH = {
     "embed_dim": 16,

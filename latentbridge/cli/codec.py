@@ -14,31 +14,13 @@ import sys
 from pathlib import Path
 
 import torch
-from PIL import Image, UnidentifiedImageError
-from torchvision.transforms.functional import to_pil_image, to_tensor
+from torchvision.transforms.functional import to_pil_image
 
-from datamodules.transforms import to_rgb
-from latentbridge.atomic_io import atomic_write_bytes
-from latentbridge.errors import DataError, LatentBridgeError
-from models.bitstream import bits_per_pixel_of, decode_latent, encode_image
-from models.codec_adapter import load_codec_checkpoint
-
-MAX_SIDE = 16384
-
-
-def read_image(path: Path) -> torch.Tensor:
-    """Any PIL-readable image (grey, RGBA, 16-bit converted) -> (1, 3, H, W) in [0, 1]; clear errors."""
-    try:
-        with Image.open(path) as img:
-            img.load()
-            rgb = to_rgb(img)
-    except FileNotFoundError:
-        raise DataError(f"{path}: no such file") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-        raise DataError(f"{path}: not a readable image ({e})") from None
-    if max(rgb.size) > MAX_SIDE:
-        raise DataError(f"{path}: {rgb.size[0]}x{rgb.size[1]} is larger than {MAX_SIDE} pixels per side")
-    return to_tensor(rgb).unsqueeze(0)
+from latentbridge.codecs.adapter import load_codec_checkpoint
+from latentbridge.codecs.bitstream import bits_per_pixel_of, decode_latent, encode_image
+from latentbridge.core.atomic_io import atomic_write_bytes
+from latentbridge.core.errors import DataError, LatentBridgeError
+from latentbridge.core.images import read_image
 
 
 def main(argv: list[str] | None = None) -> int:

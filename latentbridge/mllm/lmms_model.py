@@ -1,6 +1,6 @@
 """lmms-eval integration (paper 4.1-4.2: MLLM tasks on compressed inputs): the registered lmms-eval model
 ``latentbridge`` runs every harness image through codec -> real bitstream -> transform-neck -> LLaVA-1.5 (tokens
-injected at block k of its vision tower, ``models/llava_reader.py``) and records the bits of every sample.
+injected at block k of its vision tower, ``latentbridge/mllm/llava_reader.py``) and records the bits of every sample.
 
     lmms-eval --model latentbridge --tasks pope,coco_karpathy_test \\
       --model_args pretrained=llava-hf/llava-1.5-7b-hf,run=logs/paper_d1_llava/runs/<run>,path=neck,bits_file=bits.json
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -24,33 +25,20 @@ from lmms_eval.api.model import lmms
 from PIL import Image
 from torchvision.transforms.functional import center_crop, resize, to_tensor
 
-from latentbridge.atomic_io import atomic_write_json
-from latentbridge.errors import ConfigError
-from models.bitstream import decode_latent, encode_image
-from models.llava_reader import LlavaReader
+from latentbridge import routes
+from latentbridge.codecs.bitstream import decode_latent, encode_image
+from latentbridge.core.atomic_io import atomic_write_json
+from latentbridge.core.errors import ConfigError
+from latentbridge.mllm.llava_reader import LlavaReader, LlavaTower
+from latentbridge.runs import open_run
 
 PATHS = ("neck", "reconstruction", "uncompressed")
 
 
 def load_run(run: str | Path) -> tuple[Any, int, float]:
     """The trained module of a LatentBridge run (best checkpoint), its codec input size and rate point."""
-    from hydra.utils import instantiate
-    from omegaconf import OmegaConf
-
-    from lightning_modules.bridge import resolve_checkpoint
-
-    run = Path(run)
-    cfg_file = run / ".hydra" / "config.yaml"
-    if not cfg_file.is_file():
-        raise ConfigError(f"run: {cfg_file} is missing (not a LatentBridge run directory)")
-    rcfg = OmegaConf.load(cfg_file)
-    ckpt = resolve_checkpoint(run, "run")
-    module = instantiate(rcfg.scenario)
-    state = torch.load(ckpt, map_location="cpu", weights_only=True)
-    module.on_load_checkpoint(state)
-    module.load_state_dict(state["state_dict"], strict=False)
-    module.codec.model.update(force=True)
-    return module.eval(), int(rcfg.data.image_size), float(rcfg.codec.lmbda)
+    finished = open_run(run, "run")
+    return finished.module, finished.image_size, float(finished.lmbda)
 
 
 class LatentBridgeLLaVA(lmms):
@@ -95,27 +83,28 @@ class LatentBridgeLLaVA(lmms):
     # -- one image -> LLaVA image features, and its bits --------------------------------------------------
     @torch.no_grad()
     def features(self, image: Image.Image) -> tuple[torch.Tensor, int, int]:
-        """(image features (1, patches, width), bytes sent, pixels coded)."""
+        """(image features (1, patches, width), bytes sent, pixels coded), through ``latentbridge.routes``."""
         image = image.convert("RGB")
-        if self.path == "uncompressed":
+        if self.path == "uncompressed":  # LLaVA's own processor at the image's native resolution
             pixels = self.reader.processor.image_processor(image, return_tensors="pt").pixel_values
+            parts = SimpleNamespace(encoder=LlavaTower(self.reader, None))
             return (
-                self.reader.image_features_from_pixels(pixels.to(self.device)),
+                routes.uncompressed(parts, pixels.to(self.device)),
                 3 * image.width * image.height,
-                (image.width * image.height),
+                image.width * image.height,
             )
+        module = self.module
+        parts = SimpleNamespace(
+            codec=module.codec,
+            encoder=LlavaTower(self.reader, module.vision.preprocess),
+            neck=module.neck,
+            post=None,
+            skip_blocks=module.skip_blocks,
+        )
         x = center_crop(resize(to_tensor(image).unsqueeze(0), self.image_size, antialias=True), self.image_size)
-        x = x.to(self.device)
-        stream = encode_image(self.module.codec, x, self.lmbda)
-        y_hat, _ = decode_latent(self.module.codec, stream, self.lmbda)  # the server: bytes only
-        if self.path == "neck":
-            tokens = self.module.neck(y_hat.to(x.dtype))
-            feats = self.reader.image_features_from_block(tokens.to(self.reader.model.dtype), self.module.skip_blocks)
-        else:
-            x_hat = self.module.codec.synthesize(y_hat)
-            feats = self.reader.image_features_from_pixels(
-                self.module.vision.preprocess(x_hat).to(self.reader.model.dtype)
-            )
+        stream = encode_image(module.codec, x.to(self.device), self.lmbda)
+        y_hat, _ = decode_latent(module.codec, stream, self.lmbda)  # the server: bytes only
+        feats = routes.latent_route(self.path)(parts, y_hat)
         return feats, len(stream), self.image_size * self.image_size
 
     # -- the harness's requests ---------------------------------------------------------------------------
@@ -162,7 +151,7 @@ def manifest() -> Any:
     """The ``lmms_eval.models`` entry point: registers ``--model latentbridge``."""
     from lmms_eval.models.registry_v2 import ModelManifest
 
-    return ModelManifest(model_id="latentbridge", simple_class_path="latentbridge.lmms_model.LatentBridgeLLaVA")
+    return ModelManifest(model_id="latentbridge", simple_class_path="latentbridge.mllm.lmms_model.LatentBridgeLLaVA")
 
 
 def read_bits(path: str | Path) -> dict[str, Any]:

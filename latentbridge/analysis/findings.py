@@ -98,14 +98,13 @@ def _per_lambda(checks: list[tuple]) -> str:
 
 def server_macs(run_dirs: dict[str, Path]) -> dict[str, float] | None:
     """kMAC/pixel of the neck (reference run) and of g_s + U-Net + the encoder's first k blocks (post run)."""
-    from complexity import complexity_report
+    from latentbridge.analysis.complexity import complexity_report
 
     if not all((d / ".hydra" / "config.yaml").is_file() for d in run_dirs.values()):
         return None
     costs = {}
     for role, d in run_dirs.items():
         rcfg = OmegaConf.load(d / ".hydra" / "config.yaml")
-        rcfg.scenario.init_from = None
         costs[role] = {c.component: c.kmac_per_pixel for c in complexity_report(rcfg)}
     neck = costs["neck"]["transform-neck"]
     post = sum(costs["post"][k] for k in ("codec decoder g_s", "post-processing network"))

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.fabric.utilities.cloud_io import get_filesystem
-from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from latentbridge.core.errors import CheckpointError
 
 
 def _replace_into(path: Path, write: Any) -> None:
@@ -44,25 +45,22 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
     _replace_into(Path(path), lambda f: torch.save(obj, f))
 
 
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning checkpoint IO whose local writes are atomic (a killed run never leaves a torn ``last.ckpt``)."""
-
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
-        protocol = get_filesystem(path).protocol
-        if "file" not in (protocol if isinstance(protocol, tuple) else (protocol,)):
-            return super().save_checkpoint(checkpoint, path, storage_options)  # remote: fsspec's own write
-        atomic_torch_save(checkpoint, path)
-
-
 def read_checkpoint(path: str | Path, what: str) -> Any:
-    """``torch.load`` a local file; a missing or unreadable file is a one-line CheckpointError naming ``what``
-    (the config key or role of the file)."""
-    from latentbridge.errors import CheckpointError
-
+    """``torch.load`` a local file with ``weights_only=True``: tensors, containers and plain Python values only,
+    so a crafted file can never run code (checkpoints come from the internet). Every file LatentBridge writes
+    (codec and teacher exports, Lightning checkpoints) holds only those. A missing, unreadable or unsafe file is a
+    one-line CheckpointError naming ``what`` (the config key or role of the file)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{what}: {path} does not exist")
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "Unsupported global" in str(e):  # a pickle naming classes or functions: the way code gets run
+            raise CheckpointError(
+                f"{what}: {path} holds Python objects other than tensors and plain values; refused "
+                "(loading it could run code)"
+            ) from None
+        raise CheckpointError(f"{what}: {path} is not a readable checkpoint (UnpicklingError)") from None
     except Exception as e:
         raise CheckpointError(f"{what}: {path} is not a readable checkpoint ({type(e).__name__})") from None

@@ -23,12 +23,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from latentbridge.errors import LatentBridgeError
-from models.codec_adapter import CodecAdapter
+from latentbridge.codecs.adapter import CODECS, CodecAdapter
+from latentbridge.core.errors import LatentBridgeError
 
 MAGIC = b"LB"
 VERSION = 2
-CODEC_IDS = {"mini": 1, "bmshj2018-hyperprior": 2, "mbt2018-mean": 3, "elic2022-official": 4, "elic2022-chandelier": 5}
+CODEC_IDS = {name: spec.codec_id for name, spec in CODECS.items()}  # one registry: codecs/adapter.py
 _FIXED = struct.Struct(">2sBB4sfHH")
 _CRC = struct.Struct(">I")
 

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from latentbridge.errors import CheckpointError, ConfigError
+from latentbridge.core.errors import CheckpointError, ConfigError
 
 #: LLaVA-1.5's conversation template (llava_v1): the prompt a user question is wrapped in
 LLAVA15_PROMPT = "USER: <image>\n{question} ASSISTANT:"
@@ -66,7 +66,9 @@ class LlavaReader(nn.Module):
         LLaVA's projector would have produced: (B, patches, LLM width)."""
         wanted = self._layers()
         if not 0 <= start <= min(wanted):
-            raise ConfigError(f"skip_blocks: {start} is past LLaVA's vision_feature_layer (hidden state {min(wanted)})")
+            raise ConfigError(
+                f"scenario.skip_blocks: {start} is past LLaVA's vision_feature_layer (hidden state {min(wanted)})"
+            )
         hidden = {start: tokens}
         h = tokens
         for i in range(start, max(wanted)):
@@ -117,7 +119,7 @@ class LlavaReader(nn.Module):
         except Exception as e:
             msg = str(e).splitlines()[0] if str(e) else ""
             raise CheckpointError(
-                f"mllm.model_id: could not load LLaVA '{model_id}' ({type(e).__name__}: {msg[:200]})"
+                f"llava: could not load LLaVA '{model_id}' ({type(e).__name__}: {msg[:200]})"
             ) from None
         if device:
             model = model.to(device)
@@ -125,3 +127,25 @@ class LlavaReader(nn.Module):
 
 
 __all__ = ["LLAVA15_PROMPT", "LlavaReader"]
+
+
+class LlavaTower:
+    """LLaVA's vision tower + projector as a ``latentbridge.routes.Encoder``: the routes then end in the image
+    features LLaVA's LLM reads instead of a CLIP embedding. ``preprocess`` is the trained run's CLIP
+    preprocessing (the same tower, at the run's input size)."""
+
+    def __init__(self, reader: LlavaReader, preprocess: Any) -> None:
+        self.reader, self._preprocess = reader, preprocess
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.reader.model.dtype
+
+    def preprocess(self, x: Tensor) -> Tensor:
+        return self._preprocess(x).to(self.dtype)
+
+    def from_pixels(self, pixel_values: Tensor) -> Tensor:
+        return self.reader.image_features_from_pixels(pixel_values.to(self.dtype))
+
+    def from_block(self, tokens: Tensor, start: int) -> Tensor:
+        return self.reader.image_features_from_block(tokens.to(self.dtype), start)

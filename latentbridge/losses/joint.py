@@ -20,8 +20,8 @@ from typing import NamedTuple
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from latentbridge.errors import ConfigError
-from models.codec_adapter import bits_per_pixel
+from latentbridge.codecs.adapter import bits_per_pixel
+from latentbridge.core.errors import ConfigError
 
 
 class JointLossOutput(NamedTuple):
@@ -43,8 +43,9 @@ class JointLoss(nn.Module):
                 f"loss: {', '.join(sorted(unknown))} not settings of the phase-2 joint loss (lmbda, gamma, delta); "
                 "a preset for phase 1 is composed with a phase-2 scenario? use experiment=mini_d2 / mini_d3"
             )
-        if lmbda <= 0 or gamma < 0 or delta < 0:
-            raise ValueError(f"scenario.loss: need lmbda > 0, gamma >= 0, delta >= 0 (got {lmbda}, {gamma}, {delta})")
+        for key, value, ok in (("lmbda", lmbda, lmbda > 0), ("gamma", gamma, gamma >= 0), ("delta", delta, delta >= 0)):
+            if not ok:
+                raise ConfigError(f"loss.{key}: {value} is out of range (lmbda > 0, gamma >= 0, delta >= 0)")
         self.lmbda, self.gamma, self.delta = float(lmbda), float(gamma), float(delta)
 
     @property

@@ -1,5 +1,6 @@
 """A second vision-encoder backend: CLIP from Hugging Face transformers (``CLIPModel``), behind the interface of
-``models.vision_encoder.VisionEncoder`` (preprocess / embed / run_blocks / pool, forward, forward_from_block, the
+``latentbridge.vision.open_clip_encoder.VisionEncoder`` (preprocess / embed / run_blocks / pool, forward,
+forward_from_block, the
 text side), so a transform-neck can be trained against the very tower an MLLM uses (LLaVA-1.5:
 openai/clip-vit-large-patch14-336, 24x24 grid: codec inputs of 384x384 give a 24x24 latent grid).
 
@@ -21,58 +22,30 @@ import torch.nn.functional as F
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from torch import Tensor, nn
 
-from latentbridge.errors import CheckpointError, ConfigError
-from models.vision_encoder import VisionEncoder
+from latentbridge.core.errors import CheckpointError, ConfigError
+from latentbridge.vision.open_clip_encoder import Geometry, VisionEncoder
 
 
 class HFVisionEncoder(VisionEncoder):
     """``transformers.CLIPModel`` as the vision encoder C (image tower + projection; text tower for class prompts)."""
 
-    def __init__(
-        self,
-        clip: Any,
-        image_size: int,
-        mean: Sequence[float] = OPENAI_DATASET_MEAN,
-        std: Sequence[float] = OPENAI_DATASET_STD,
-        name: str = "hf-clip",
-    ) -> None:
-        nn.Module.__init__(self)
-        self.clip = clip
-        text_cfg = clip.config.text_config
-        self.tokenizer = open_clip.tokenizer.SimpleTokenizer(context_length=text_cfg.max_position_embeddings)
-        self.image_size = int(image_size)
-        self.name = name
-        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
-        vcfg = clip.config.vision_config
-        if self.image_size != vcfg.image_size:
-            raise ConfigError(f"vision.image_size: {image_size}, but {name} was trained at {vcfg.image_size}")
+    def check(self) -> None:
+        trained_at = self.clip.config.vision_config.image_size
+        if self.image_size != trained_at:
+            raise ConfigError(f"vision.image_size: {self.image_size}, but {self.name} was trained at {trained_at}")
 
     # -- geometry -----------------------------------------------------------------------------------------
     @property
     def visual(self) -> nn.Module:
         return self.clip.vision_model
 
-    @property
-    def width(self) -> int:
-        return int(self.clip.config.vision_config.hidden_size)
-
-    @property
-    def heads(self) -> int:
-        return int(self.clip.config.vision_config.num_attention_heads)
-
-    @property
-    def num_blocks(self) -> int:
-        return len(self.visual.encoder.layers)
-
-    @property
-    def grid_size(self) -> tuple[int, int]:
-        g = self.image_size // int(self.clip.config.vision_config.patch_size)
-        return (g, g)
-
-    @property
-    def embed_dim(self) -> int:
-        return int(self.clip.config.projection_dim)
+    def geometry(self) -> Geometry:
+        cfg = self.clip.config.vision_config
+        g = self.image_size // int(cfg.patch_size)
+        return Geometry(
+            int(cfg.hidden_size), int(cfg.num_attention_heads), len(self.visual.encoder.layers), (g, g),
+            int(self.clip.config.projection_dim),
+        )  # fmt: skip
 
     # -- image side, in named steps -----------------------------------------------------------------------
     def embed(self, images: Tensor) -> Tensor:
@@ -117,7 +90,7 @@ def build_hf_vision_encoder(
     ``CLIPConfig`` dict: tests, complexity counts)."""
     from transformers import CLIPConfig, CLIPModel
 
-    from models.vision_encoder import to_plain
+    from latentbridge.vision.open_clip_encoder import to_plain
 
     if config is not None:
         clip = CLIPModel(CLIPConfig(**to_plain(config)))
@@ -131,7 +104,12 @@ def build_hf_vision_encoder(
                 f"{msg[:200]}); offline? point it at a local directory"
             ) from None
     clip.eval()
-    return HFVisionEncoder(clip, image_size, mean, std, name=model_name)
+    return HFVisionEncoder(clip, hf_tokenizer(clip), image_size, mean, std, name=model_name)
 
 
-__all__ = ["HFVisionEncoder", "build_hf_vision_encoder"]
+def hf_tokenizer(clip: Any) -> Any:
+    """OpenAI CLIP's BPE (open_clip's, offline) at the text tower's context length."""
+    return open_clip.tokenizer.SimpleTokenizer(context_length=clip.config.text_config.max_position_embeddings)
+
+
+__all__ = ["HFVisionEncoder", "build_hf_vision_encoder", "hf_tokenizer"]

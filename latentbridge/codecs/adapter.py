@@ -21,18 +21,13 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
-from compressai.models import (
-    CompressionModel,
-    Elic2022Chandelier,
-    Elic2022Official,
-    MeanScaleHyperprior,
-    ScaleHyperprior,
-)
+from compressai.models import CompressionModel
 from compressai.ops import quantize_ste
+from compressai.registry import MODELS
 from torch import Tensor, nn
 
-from latentbridge.atomic_io import read_checkpoint
-from latentbridge.errors import CheckpointError, ConfigError
+from latentbridge.core.atomic_io import read_checkpoint
+from latentbridge.core.errors import CheckpointError, ConfigError
 
 CHECKPOINT_FORMAT = "latentbridge-codec/1"
 #: entropy-coder tables: derived by ``update(force=True)``, variable-sized, never stored in scenario checkpoints
@@ -177,22 +172,40 @@ def _flatten_likelihoods(lk: dict[str, Any], prefix: str = "") -> dict[str, Tens
 
 @dataclass(frozen=True)
 class CodecSpec:
-    """How to build one codec family: compressai class, adapter, default architecture, zoo name."""
+    """One codec family: its compressai registry name, adapter, default architecture, zoo name, and the id that
+    names it in bitstreams (never reused: a decoder refuses streams of another codec)."""
 
-    model_cls: Callable[..., CompressionModel]
+    model: str
     adapter_cls: type[CodecAdapter]
+    codec_id: int
     arch: dict[str, Any] = field(default_factory=dict)
     zoo: str | None = None
 
+    @property
+    def model_cls(self) -> Callable[..., CompressionModel]:
+        """The compressai model class, from ``compressai.registry.MODELS``."""
+        return MODELS[self.model]
+
 
 CODECS: dict[str, CodecSpec] = {
-    "bmshj2018-hyperprior": CodecSpec(ScaleHyperprior, HyperpriorAdapter, {"N": 128, "M": 192}, "bmshj2018-hyperprior"),
-    "mbt2018-mean": CodecSpec(MeanScaleHyperprior, MeanScaleAdapter, {"N": 128, "M": 192}, "mbt2018-mean"),
-    "elic2022-official": CodecSpec(Elic2022Official, ElicAdapter, {"N": 192, "M": 320}),
-    "elic2022-chandelier": CodecSpec(Elic2022Chandelier, ElicAdapter, {"N": 192, "M": 320}),
     # The mini codec: a small mean-scale hyperprior trained here on Fashion-MNIST (README, "mini setup").
-    "mini": CodecSpec(MeanScaleHyperprior, MeanScaleAdapter, {"N": 48, "M": 64}),
+    "mini": CodecSpec("mbt2018-mean", MeanScaleAdapter, 1, {"N": 48, "M": 64}),
+    "bmshj2018-hyperprior": CodecSpec(
+        "bmshj2018-hyperprior", HyperpriorAdapter, 2, {"N": 128, "M": 192}, "bmshj2018-hyperprior"
+    ),
+    "mbt2018-mean": CodecSpec("mbt2018-mean", MeanScaleAdapter, 3, {"N": 128, "M": 192}, "mbt2018-mean"),
+    "elic2022-official": CodecSpec("elic2022-official", ElicAdapter, 4, {"N": 192, "M": 320}),
+    "elic2022-chandelier": CodecSpec("elic2022-chandelier", ElicAdapter, 5, {"N": 192, "M": 320}),
 }
+
+
+def net_aux_parameters(module: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """The trainable parameters of ``module`` split into the main ones and the entropy bottleneck's quantiles
+    (trained by the aux loss; compressai's convention). compressai's ``net_aux_optimizer`` does the same split
+    but requires every parameter to train and returns two optimizers; LatentBridge freezes parts and gives
+    Lightning one optimizer with two parameter groups (Adam is per-parameter: the same updates)."""
+    named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+    return [p for n, p in named if not n.endswith(".quantiles")], [p for n, p in named if n.endswith(".quantiles")]
 
 
 def codec_spec(name: str) -> CodecSpec:

@@ -15,6 +15,8 @@ from typing import Literal, NamedTuple
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from latentbridge.core.errors import ConfigError
+
 
 class SurrogateLossOutput(NamedTuple):
     """Typed loss output: the weighted total and each term, all logged."""
@@ -68,7 +70,12 @@ class SurrogateLoss(nn.Module):
     ) -> None:
         super().__init__()
         if similarity not in ("cosine", "reference"):
-            raise ValueError(f"loss.similarity: unknown similarity '{similarity}' (cosine, reference)")
+            raise ConfigError(f"loss.similarity: unknown similarity '{similarity}' (cosine, reference)")
+        for key, value in (("e1", e1), ("e2", e2), ("alpha", alpha), ("beta", beta), ("logit_scale", logit_scale)):
+            if not value >= 0:
+                raise ConfigError(f"loss.{key}: {value} is negative")
+        if e2 < e1:
+            raise ConfigError(f"loss.e2: {e2} is before loss.e1 = {e1} (Eq. 4 needs E1 <= E2)")
         self.schedule = ProgressiveSchedule(e1, e2, alpha, beta)
         self.similarity = similarity
         self.logit_scale = logit_scale
@@ -84,10 +91,4 @@ class SurrogateLoss(nn.Module):
         return SurrogateLossOutput(loss, ce.detach(), dist.detach(), w_ce, w_dist)
 
 
-def zero_shot_correct(image_emb: Tensor, text_emb: Tensor, labels: Tensor) -> Tensor:
-    """1.0 where the nearest class embedding (cosine) is the label: zero-shot top-1 per sample."""
-    pred = (F.normalize(image_emb, dim=-1) @ text_emb.t()).argmax(dim=-1)
-    return (pred == labels).float()
-
-
-__all__ = ["ProgressiveSchedule", "SurrogateLoss", "SurrogateLossOutput", "class_logits", "zero_shot_correct"]
+__all__ = ["ProgressiveSchedule", "SurrogateLoss", "SurrogateLossOutput", "class_logits"]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import open_clip
 import torch
@@ -19,18 +19,29 @@ import torch.nn.functional as F
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from torch import Tensor, nn
 
-from latentbridge.atomic_io import read_checkpoint
-from latentbridge.errors import CheckpointError, ConfigError
+from latentbridge.core.atomic_io import read_checkpoint
+from latentbridge.core.errors import CheckpointError, ConfigError
 
 TEACHER_FORMAT = "latentbridge-clip/1"
 
 
+class Geometry(NamedTuple):
+    """The tower's shape, as the transform-neck and the checks need it."""
+
+    width: int  # token width
+    heads: int  # attention heads per block
+    num_blocks: int  # transformer blocks
+    grid_size: tuple[int, int]  # patch grid
+    embed_dim: int  # projected embedding
+
+
 class VisionEncoder(nn.Module):
-    """CLIP image tower (with its text tower for class prompts) behind LatentBridge's interface."""
+    """CLIP image tower (with its text tower for class prompts) behind LatentBridge's interface. A backend says
+    where its tower is (``visual``) and what shape it has (``geometry``); the rest is shared."""
 
     def __init__(
         self,
-        clip: open_clip.CLIP,
+        clip: Any,
         tokenizer: Any,
         image_size: int,
         mean: Sequence[float] = OPENAI_DATASET_MEAN,
@@ -44,34 +55,33 @@ class VisionEncoder(nn.Module):
         self.name = name
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
-        visual = clip.visual
-        if getattr(visual, "attn_pool", None) is not None:
-            raise ConfigError(f"vision: '{name}' uses attentional pooling; only class-token ViTs are supported")
+        self.check()
+
+    def check(self) -> None:
+        """Refuse towers this interface cannot split into named steps."""
+        if getattr(self.visual, "attn_pool", None) is not None:
+            raise ConfigError(f"vision: '{self.name}' uses attentional pooling; only class-token ViTs are supported")
 
     # -- geometry -----------------------------------------------------------------------------------------
     @property
     def visual(self) -> nn.Module:
         return self.clip.visual
 
-    @property
-    def width(self) -> int:
-        return int(self.visual.class_embedding.shape[-1])
+    def geometry(self) -> Geometry:
+        v = self.visual
+        return Geometry(
+            int(v.class_embedding.shape[-1]),
+            int(v.transformer.resblocks[0].attn.num_heads),
+            len(v.transformer.resblocks),
+            tuple(v.grid_size),
+            int(v.proj.shape[-1]),
+        )
 
-    @property
-    def heads(self) -> int:
-        return int(self.visual.transformer.resblocks[0].attn.num_heads)
-
-    @property
-    def num_blocks(self) -> int:
-        return len(self.visual.transformer.resblocks)
-
-    @property
-    def grid_size(self) -> tuple[int, int]:
-        return tuple(self.visual.grid_size)
-
-    @property
-    def embed_dim(self) -> int:
-        return int(self.visual.proj.shape[-1])
+    width = property(lambda self: self.geometry().width)
+    heads = property(lambda self: self.geometry().heads)
+    num_blocks = property(lambda self: self.geometry().num_blocks)
+    grid_size = property(lambda self: self.geometry().grid_size)
+    embed_dim = property(lambda self: self.geometry().embed_dim)
 
     # -- image side, in named steps -----------------------------------------------------------------------
     def preprocess(self, x: Tensor) -> Tensor:
@@ -106,6 +116,15 @@ class VisionEncoder(nn.Module):
     def forward_from_block(self, tokens: Tensor, start: int) -> Tensor:
         """C'(tokens): the encoder with its first ``start`` blocks skipped (paper 3.3)."""
         return self.pool(self.run_blocks(tokens, start=start))
+
+    # the interface of latentbridge.routes
+    def from_pixels(self, images: Tensor) -> Tensor:
+        """C(x) of normalized images (``routes.Encoder``)."""
+        return self(images)
+
+    def from_block(self, tokens: Tensor, start: int) -> Tensor:
+        """C' from block ``start`` (``routes.Encoder``)."""
+        return self.forward_from_block(tokens, start)
 
     # -- text side ----------------------------------------------------------------------------------------
     def encode_text(self, texts: Sequence[str]) -> Tensor:

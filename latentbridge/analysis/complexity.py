@@ -1,0 +1,93 @@
+"""Complexity report (paper 4.4, Table 3) for any configuration: params and kMAC/pixel of the server-side parts.
+
+    latentbridge-complexity                                      # the mini setup
+    latentbridge-complexity experiment=paper_d1 codec.checkpoint=null vision.pretrained=null   # Table 3, offline
+
+Rows: the transform-neck (neck path), the codec decoder g_s and the first k blocks of the vision encoder with
+its patch embedding (what the Reconstruction path runs and the neck path skips). Weights do not change the
+counts, so random initialisation is enough. Writes ``complexity.json`` in the run directory and prints a table.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+from rich.console import Console
+from rich.table import Table
+
+from latentbridge.core.atomic_io import atomic_write_json
+from latentbridge.metrics.macs import ComponentCost, cost
+from latentbridge.runs import build_scenario
+
+PAPER_TABLE3 = {
+    "transform-neck": (13.19, 52.795),
+    "codec decoder g_s": (7.34, 112.00),
+    "encoder patch embedding + first k blocks": (25.78, 70.24),
+    "post-processing network": (31.04, 835.72),
+}
+
+
+def complexity_report(cfg: DictConfig) -> list[ComponentCost]:
+    """Build the scenario's parts (random weights are fine) and count each server-side component."""
+    module = build_scenario(cfg)
+    size, k = int(cfg.data.image_size), module.skip_blocks
+    pixels = size * size
+    x = torch.rand(1, 3, size, size)
+    with torch.no_grad():
+        y_hat = module.codec.latent(x).y_hat
+    vision = module.vision
+    image = vision.preprocess(x)
+    visual = vision.visual
+    patch_params = sum(
+        p.numel()
+        for n, p in visual.named_parameters()
+        if n.split(".")[0] in ("conv1", "class_embedding", "positional_embedding", "ln_pre")
+    )
+    rows = []
+    if module.neck is not None:
+        rows.append(cost("transform-neck", [module.neck], module.neck, y_hat, pixels=pixels))
+    rows.append(cost("codec decoder g_s", [module.codec.model.g_s], module.codec.synthesize, y_hat, pixels=pixels))
+    post = getattr(module, "post", None)
+    if post is not None:
+        rows.append(cost("post-processing network", [post], post.eval(), x, pixels=pixels))
+    k = k or 2  # the blocks the neck path skips (Table 3 counts 2)
+    rows.append(
+        cost(
+            "encoder patch embedding + first k blocks",
+            list(visual.transformer.resblocks[:k]),
+            lambda im: vision.run_blocks(vision.embed(im), 0, k),
+            image,
+            pixels=pixels,
+            extra_params=patch_params,
+        )
+    )
+    return rows
+
+
+def complexity(cfg: DictConfig) -> list[ComponentCost]:
+    """Count, print the table (with the paper's Table 3 beside it for paper presets), write complexity.json."""
+    rows = complexity_report(cfg)
+    paper = str(cfg.get("experiment_name") or "").startswith("paper_")
+    table = Table(
+        title=f"complexity at {cfg.data.image_size}x{cfg.data.image_size} ({cfg.codec.name}, "
+        f"{cfg.vision.model_name}, k={cfg.scenario.skip_blocks})"
+    )
+    for col in ("component", "params (M)", "GMAC", "kMAC/pixel") + (("paper Table 3",) if paper else ()):
+        table.add_column(col, justify="left" if col == "component" else "right")
+    for r in rows:
+        ref = PAPER_TABLE3.get(r.component)
+        table.add_row(
+            r.component,
+            f"{r.params / 1e6:.2f}",
+            f"{r.macs / 1e9:.3f}",
+            f"{r.kmac_per_pixel:.3f}",
+            *((f"{ref[0]:.2f}M / {ref[1]:.3f}" if ref else "",) if paper else ()),
+        )
+    Console().print(table)
+    out = Path(cfg.paths.output_dir) / "complexity.json"
+    atomic_write_json(out, {"image_size": cfg.data.image_size, "rows": [r.as_dict() for r in rows]})
+    print(f"complexity: {out}")
+
+    return rows

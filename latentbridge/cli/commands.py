@@ -1,0 +1,36 @@
+"""The Hydra commands: console scripts ``latentbridge-train|evaluate|reproduce|complexity|mllm-evaluate`` and the
+thin top-level scripts (``python train.py`` ...). Each composes ``conf/<name>.yaml`` with the command line's
+overrides and runs one workflow under ``run_cli``; nothing is imported until the command runs.
+
+    latentbridge-train [experiment=...] [key=value ...]          # latentbridge.workflows.train.run
+    latentbridge-evaluate sweep=<multirun dir> | 'runs=[...]'    # latentbridge.workflows.evaluate.evaluate
+    latentbridge-reproduce [plan=mini|paper|tiny]                # latentbridge.workflows.reproduce.reproduce
+    latentbridge-complexity [experiment=...]                     # latentbridge.analysis.complexity.complexity
+    latentbridge-mllm-evaluate 'runs=[...]' 'tasks=[...]'        # latentbridge.workflows.mllm_evaluate
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import Any
+
+from latentbridge.cli import hydra_command
+
+
+def _work(module: str, name: str) -> Callable[[Any], Any]:
+    return lambda cfg: getattr(importlib.import_module(module), name)(cfg)
+
+
+def _train(cfg: Any) -> float | None:
+    """Train; return the metric that selected the best checkpoint (what a Hydra sweeper optimizes)."""
+    from latentbridge.workflows.train import run
+
+    return run(cfg)["monitor"]["value"]
+
+
+train = hydra_command("train", _train)
+evaluate = hydra_command("evaluate", _work("latentbridge.workflows.evaluate", "evaluate"))
+reproduce = hydra_command("reproduce", _work("latentbridge.workflows.reproduce", "reproduce"))
+complexity = hydra_command("complexity", _work("latentbridge.analysis.complexity", "complexity"))
+mllm_evaluate = hydra_command("mllm_evaluate", _work("latentbridge.workflows.mllm_evaluate", "mllm_evaluate"))

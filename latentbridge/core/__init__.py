@@ -1,0 +1,1 @@
+"""The floor: errors, atomic writes, safe checkpoint reads, image reading, config helpers."""

@@ -1,0 +1,80 @@
+"""Scenarios from configs, and finished runs from their directories (one place for both).
+
+A run directory holds ``.hydra/config.yaml`` (the composed config), ``results.json`` (metrics and the best / last
+checkpoint) and ``checkpoints/``. ``open_run`` rebuilds its module from these alone: a phase-2 run does not need
+its phase-1 run any more (the phase-1 neck is read only when training starts).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from latentbridge.core.atomic_io import read_checkpoint
+from latentbridge.core.errors import CheckpointError, ConfigError
+from latentbridge.core.run_dir import checkpoint_of
+
+
+def scenario_uses(cfg: DictConfig) -> list[str]:
+    """The component groups the scenario is built from (codec, vision): its class's ``uses``. Explicit in code,
+    so ``instantiate(cfg.scenario)`` stays a plain Hydra call."""
+    from hydra.utils import get_class
+
+    return list(getattr(get_class(cfg.scenario._target_), "uses", ()))
+
+
+def build_scenario(cfg: DictConfig) -> Any:
+    """The scenario's LightningModule from ``cfg.scenario`` (Hydra's ``instantiate``)."""
+    from hydra.utils import instantiate
+
+    return instantiate(cfg.scenario)
+
+
+@dataclass
+class FinishedRun:
+    """A trained run: its directory, composed config, results.json, checkpoint and module (eval mode)."""
+
+    dir: Path
+    config: DictConfig
+    results: dict[str, Any]
+    checkpoint: Path
+    module: Any
+
+    @property
+    def lmbda(self) -> float | None:
+        return self.config.codec.get("lmbda")
+
+    @property
+    def image_size(self) -> int:
+        return int(self.config.data.image_size)
+
+
+def run_config(run_dir: str | Path, key: str = "runs") -> DictConfig:
+    """The composed config of a run directory; one-line errors when it is not a finished run."""
+    run_dir = Path(run_dir)
+    for f in (run_dir / "results.json", run_dir / ".hydra" / "config.yaml"):
+        if not f.is_file():
+            raise ConfigError(f"{key}: {f} is missing (not a finished LatentBridge run directory)")
+    return OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+
+
+def open_run(run_dir: str | Path, key: str = "runs", data: dict[str, Any] | None = None) -> FinishedRun:
+    """Rebuild the trained module of a finished run from its directory alone (best checkpoint, entropy tables
+    updated, eval mode, on the CPU: a Trainer or ``.to`` moves it). ``data`` overrides its data settings."""
+    run_dir = Path(run_dir)
+    cfg = run_config(run_dir, key)
+    if data:
+        cfg = OmegaConf.merge(cfg, {"data": data})
+    ckpt = checkpoint_of(run_dir, key)
+    module = build_scenario(cfg)
+    state = read_checkpoint(ckpt, key)
+    if not isinstance(state, dict) or "state_dict" not in state:
+        raise CheckpointError(f"{key}: {ckpt} is not a Lightning checkpoint")
+    module.on_load_checkpoint(state)
+    module.load_state_dict(state["state_dict"], strict=False)
+    module.codec.model.update(force=True)
+    return FinishedRun(run_dir, cfg, json.loads((run_dir / "results.json").read_text()), ckpt, module.eval())

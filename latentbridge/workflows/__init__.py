@@ -1,0 +1,1 @@
+"""What each command does (train, evaluate, reproduce, MLLM evaluation); command-line parsing is in cli."""

@@ -1,0 +1,180 @@
+"""Training (``latentbridge-train`` / ``python train.py``): prepare missing components, fit, validate the best
+checkpoint, export the artifact, write results.json.
+
+A run whose codec / teacher checkpoint is missing but whose config carries a ``prepare`` recipe (the mini setup)
+first trains and caches it, in a run of its own; the main run is seeded after that, so a run on a cold cache and
+the same run on a warm cache are the same run.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from latentbridge.core.config import hydra_quote
+from latentbridge.core.errors import ConfigError, DataError, LatentBridgeError
+from latentbridge.runs import build_scenario, scenario_uses
+
+log = logging.getLogger("latentbridge")
+
+
+def validate_names(cfg: DictConfig) -> None:
+    """Cheap checks of component names, before any preparation or training can take minutes."""
+    uses = scenario_uses(cfg)
+    if "codec" in uses:
+        from latentbridge.codecs.adapter import codec_spec
+
+        codec_spec(cfg.codec.name)
+    open_clip_target = str(cfg.vision.get("_target_", "")).endswith("open_clip_encoder.build_vision_encoder")
+    if "vision" in uses and open_clip_target and cfg.vision.get("arch") is None:
+        import open_clip
+
+        if cfg.vision.model_name not in open_clip.list_models():
+            raise ConfigError(f"vision.model_name: unknown open_clip model '{cfg.vision.model_name}'")
+
+
+def prepare_dependencies(cfg: DictConfig) -> None:
+    """Train and cache the components the scenario uses whose checkpoint is missing and that have a recipe."""
+    from filelock import FileLock
+    from hydra import compose
+
+    for key in scenario_uses(cfg):
+        node = cfg[key]
+        ckpt, recipe = node.get("checkpoint"), node.get("prepare")
+        if not ckpt or not recipe or Path(ckpt).is_file():
+            continue
+        Path(ckpt).parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(f"{ckpt}.lock"):
+            if Path(ckpt).is_file():  # another process prepared it meanwhile
+                continue
+            log.info("%s.checkpoint %s is missing: preparing it with %s", key, ckpt, list(recipe))
+            sub = compose(
+                config_name="train",
+                overrides=[
+                    *recipe,
+                    f"export_path={hydra_quote(ckpt)}",
+                    f"paths.output_dir={hydra_quote(Path(cfg.paths.output_dir) / 'prepare' / key)}",
+                    f"paths.cache_dir={hydra_quote(cfg.paths.cache_dir)}",
+                    f"logger={_choice('logger', 'none')}",
+                ],
+            )
+            run(sub)
+
+
+def _choice(group: str, default: str) -> str:
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        return str(HydraConfig.get().runtime.choices.get(group, default))
+    except ValueError:  # not inside a Hydra app (tests composing configs)
+        return default
+
+
+def build_callbacks(cfg: DictConfig, module: Any, has_logger: bool) -> list[Any]:
+    """Instantiate callbacks; a checkpoint callback with ``monitor: null`` monitors the module's own metric.
+    The learning-rate monitor needs a logger and is left out without one (``logger=none``)."""
+    from hydra.utils import instantiate
+    from lightning.pytorch.callbacks import LearningRateMonitor
+
+    callbacks = []
+    for name, node in (cfg.get("callbacks") or {}).items():
+        if node is None:
+            continue
+        if name == "model_checkpoint" and node.get("monitor") is None:
+            metric, mode = module.monitor
+            callbacks.append(instantiate(node, monitor=metric, mode=mode))
+        else:
+            callback = instantiate(node)
+            if has_logger or not isinstance(callback, LearningRateMonitor):
+                callbacks.append(callback)
+    return callbacks
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Prepare, fit, validate the best checkpoint, export the artifact, write results.json. Returns the results;
+    ``results["monitor"]["value"]`` is the metric that selected the best checkpoint (what a sweeper optimizes)."""
+    import lightning as L
+    from hydra.utils import instantiate
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from latentbridge.analysis.report import print_results
+    from latentbridge.core.atomic_io import atomic_torch_save, atomic_write_json, read_checkpoint
+
+    # Frozen parts (codec in d1, the teacher) are kept in eval mode on purpose (BridgeModule.train).
+    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
+    started = time.time()
+    out_dir = Path(cfg.paths.output_dir)
+    validate_names(cfg)
+    prepare_dependencies(cfg)
+    L.seed_everything(
+        cfg.seed, workers=True, verbose=False
+    )  # after preparation: a cold cache gives the same run as a warm one
+
+    datamodule = instantiate(cfg.data)
+    module = build_scenario(cfg)
+    loggers = [instantiate(node) for node in (cfg.get("logger") or {}).values() if node is not None]
+    callbacks = build_callbacks(cfg, module, has_logger=bool(loggers))
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    for lg in loggers:
+        lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+
+    ckpt_path = cfg.get("ckpt_path")
+    if ckpt_path is not None:  # missing, unreadable or unsafe (a pickled payload): one line before Lightning loads it
+        read_checkpoint(ckpt_path, "ckpt_path")
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    if trainer.interrupted:
+        raise LatentBridgeError("training was interrupted; resume with ckpt_path=<run dir>/checkpoints/last.ckpt")
+    if trainer.global_step == 0 and cfg.trainer.get("max_epochs") != 0:
+        raise DataError(
+            f"data.batch_size: no training step was taken ({len(datamodule.train_dataloader().dataset)} training "
+            f"images, batch size {cfg.data.batch_size}, incomplete batches dropped)"
+        )
+
+    checkpoint_cb = next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), None)
+    best = checkpoint_cb.best_model_path if checkpoint_cb and checkpoint_cb.best_model_path else None
+    metrics: dict[str, float] = {}
+    if cfg.get("final_eval", True):
+        validated = trainer.validate(module, datamodule=datamodule, ckpt_path=best, verbose=False, weights_only=True)
+        metrics = {k.removeprefix("val/"): float(v) for k, v in (validated[0] if validated else {}).items()}
+
+    uses = scenario_uses(cfg)
+    monitor, mode = module.monitor
+    results: dict[str, Any] = {
+        "task_name": cfg.task_name,
+        "experiment": cfg.get("experiment_name"),
+        "scenario": type(module).__name__,
+        "codec": {"name": cfg.codec.name, "lmbda": cfg.codec.get("lmbda")} if "codec" in uses else None,
+        "vision": cfg.vision.model_name if "vision" in uses else None,
+        "metrics": metrics,
+        "monitor": {"metric": monitor, "mode": mode, "value": metrics.get(monitor.removeprefix("val/"))},
+        "epochs": trainer.current_epoch,
+        "steps": trainer.global_step,
+        "best_checkpoint": best,
+        "last_checkpoint": checkpoint_cb.last_model_path if checkpoint_cb else None,
+        "run_dir": str(out_dir.resolve()),
+        "wall_time_s": round(time.time() - started, 1),
+    }
+    if trainer.is_global_zero:
+        if hasattr(module, "export"):
+            export_path = Path(cfg.get("export_path") or out_dir / "export.pt").resolve()
+            atomic_torch_save(module.export(), export_path)
+            results["export"] = str(export_path)
+        atomic_write_json(out_dir / "results.json", results)
+        print_results(results, out_dir / "results.json")
+    finish_loggers(loggers)
+    return results
+
+
+def finish_loggers(loggers: list[Any]) -> None:
+    """Close each run's wandb run: Lightning's WandbLogger would otherwise reuse it for the next run in this
+    process (the preparation runs and the main run would share one wandb run)."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    for lg in loggers:
+        if isinstance(lg, WandbLogger) and lg._experiment is not None:
+            lg.experiment.finish()

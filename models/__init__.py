@@ -1,1 +1,0 @@
-"""nn building blocks: codec adapters, vision encoder adapter, transform-neck, losses."""
