@@ -6,7 +6,6 @@ parameter group (``net_aux.py``). No ELIC weights are published, so d1 starts fr
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Any, ClassVar
 
 import torch
@@ -17,7 +16,7 @@ from torchmetrics import MeanMetric
 from latentbridge.codecs.adapter import CodecAdapter, codec_checkpoint
 from latentbridge.core.errors import ConfigError
 from latentbridge.metrics.image_quality import psnr_metric
-from lightning_modules.net_aux import NetAuxOptimization
+from lightning_modules.net_aux import NetAuxOptimization, OptimizerFactory, SchedulerFactory
 
 
 class CodecPretraining(NetAuxOptimization):
@@ -30,29 +29,24 @@ class CodecPretraining(NetAuxOptimization):
         self,
         codec: CodecAdapter,
         lmbda: float,
-        lr: float = 1e-4,
+        optimizer: OptimizerFactory,
+        scheduler: SchedulerFactory | None = None,
         aux_lr: float = 1e-3,
         clip_max_norm: float = 1.0,
-        milestones: tuple[int, ...] = (),
-        gamma: float = 0.1,
     ) -> None:
         super().__init__()
         if lmbda <= 0:
             raise ConfigError(f"codec.lmbda: {lmbda} is not a positive rate-distortion weight")
-        self.save_hyperparameters(ignore=["codec"])
+        self.save_hyperparameters(ignore=["codec", "optimizer", "scheduler"])
         self.codec = codec
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.clip_max_norm = float(clip_max_norm)
         self.rd_loss = RateDistortionLoss(lmbda=lmbda)
         self.val_metrics = torch.nn.ModuleDict({k: MeanMetric() for k in ("rd_loss", "bpp")})
         self.val_psnr = psnr_metric()
 
     def configure_optimizers(self) -> Any:
-        hp = self.hparams
-        return self.configure_net_aux(
-            partial(torch.optim.Adam, lr=hp.lr),
-            partial(torch.optim.lr_scheduler.MultiStepLR, milestones=list(hp.milestones), gamma=hp.gamma),
-            hp.aux_lr,
-        )
+        return self.configure_net_aux(self.optimizer_factory, self.scheduler_factory, self.hparams.aux_lr)
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor | None:
         if "image" not in batch:

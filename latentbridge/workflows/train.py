@@ -95,6 +95,19 @@ def build_callbacks(cfg: DictConfig, module: Any, has_logger: bool) -> list[Any]
     return callbacks
 
 
+def check_batches(datamodule: Any, trainer: Any) -> None:
+    """Refuse a run that could not take a single training step: each rank drops its incomplete last batch."""
+    batch_size = getattr(datamodule, "batch_size", None)
+    if not batch_size:
+        return
+    images = len(datamodule.train_dataloader().dataset)
+    if images // trainer.world_size < batch_size:
+        raise DataError(
+            f"data.batch_size: {batch_size} is more than the {images} training images give each of "
+            f"{trainer.world_size} process(es); no training step could be taken (incomplete batches are dropped)"
+        )
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Prepare, fit, validate the best checkpoint, export the artifact, write results.json. Returns the results;
     ``results["monitor"]["value"]`` is the metric that selected the best checkpoint (what a sweeper optimizes)."""
@@ -123,17 +136,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     for lg in loggers:
         lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
+    check_batches(datamodule, trainer)
     ckpt_path = cfg.get("ckpt_path")
     if ckpt_path is not None:  # missing, unreadable or unsafe (a pickled payload): one line before Lightning loads it
         read_checkpoint(ckpt_path, "ckpt_path")
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     if trainer.interrupted:
         raise LatentBridgeError("training was interrupted; resume with ckpt_path=<run dir>/checkpoints/last.ckpt")
-    if trainer.global_step == 0 and cfg.trainer.get("max_epochs") != 0:
-        raise DataError(
-            f"data.batch_size: no training step was taken ({len(datamodule.train_dataloader().dataset)} training "
-            f"images, batch size {cfg.data.batch_size}, incomplete batches dropped)"
-        )
 
     checkpoint_cb = next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), None)
     best = checkpoint_cb.best_model_path if checkpoint_cb and checkpoint_cb.best_model_path else None
