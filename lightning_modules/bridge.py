@@ -32,7 +32,7 @@ from latentbridge.core.errors import CheckpointError, ConfigError
 from latentbridge.core.run_dir import checkpoint_of
 from latentbridge.losses.joint import JointLoss, JointLossOutput
 from latentbridge.losses.surrogate import SurrogateLoss, SurrogateLossOutput
-from latentbridge.metrics.image_quality import psnr_metric
+from latentbridge.metrics.image_quality import psnr
 from latentbridge.metrics.rate_accuracy import RateAccuracy
 from latentbridge.metrics.zero_shot import zero_shot_correct
 from latentbridge.nn.transform_neck import TransformNeck
@@ -104,7 +104,7 @@ class BridgeModule(NetAuxOptimization):
         self.register_buffer("text_emb", torch.empty(0), persistent=False)
         paths = ("uncompressed", self.method_path, "reconstruction")
         self.metrics = nn.ModuleDict(
-            {f"top1_{p}": MeanMetric() for p in paths} | {"bpp": MeanMetric(), "psnr": psnr_metric()}
+            {f"top1_{p}": MeanMetric() for p in paths} | {"bpp": MeanMetric(), "psnr": MeanMetric()}
         )
         self.evaluation = RateAccuracy(("method", "reconstruction", "uncompressed"))
         self.test_results: dict[str, Any] | None = None
@@ -218,7 +218,7 @@ class BridgeModule(NetAuxOptimization):
     # -- validation: likelihood rate, three paths ---------------------------------------------------------
     @torch.no_grad()
     def evaluate_batch(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Per-sample top-1 of each path and the batch bpp (likelihood estimate)."""
+        """Per-sample top-1 of each path and PSNR of g_s(y_hat), and the batch bpp (likelihood estimate)."""
         x, labels = batch["image"], batch["label"]
         y_hat, likelihoods = self.codec.latent(x)
         x_hat = self.codec.synthesize(y_hat)
@@ -229,7 +229,7 @@ class BridgeModule(NetAuxOptimization):
         }
         out = {f"top1_{p}": zero_shot_correct(e, self.text_emb, labels) for p, e in embeddings.items()}
         out["bpp"] = bits_per_pixel(likelihoods, x.shape[-2] * x.shape[-1])
-        self.metrics["psnr"].update(x_hat, x)
+        out["psnr"] = psnr(x_hat, x)
         return out
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
