@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
 from latentbridge.core.atomic_io import read_checkpoint
@@ -64,13 +65,15 @@ def run_config(run_dir: str | Path, key: str = "runs") -> DictConfig:
 
 def open_run(run_dir: str | Path, key: str = "runs", data: dict[str, Any] | None = None) -> FinishedRun:
     """Rebuild the trained module of a finished run from its directory alone (best checkpoint, entropy tables
-    updated, eval mode, on the CPU: a Trainer or ``.to`` moves it). ``data`` overrides its data settings."""
+    updated, eval mode, on the CPU: a Trainer or ``.to`` moves it). ``data`` overrides its data settings. Seeds
+    like training before building, so parts without a checkpoint are the ones the run trained with."""
     run_dir = Path(run_dir)
     cfg = run_config(run_dir, key)
     if data:
         cfg = OmegaConf.merge(cfg, {"data": data})
     ckpt = checkpoint_of(run_dir, key)
-    module = build_scenario(cfg)
+    L.seed_everything(cfg.get("seed", 0), verbose=False)  # as training did: frozen parts with random weights
+    module = build_scenario(cfg)  # (no checkpoint: tests, tiny plans) come back exactly as they trained
     state = read_checkpoint(ckpt, key)
     if not isinstance(state, dict) or "state_dict" not in state:
         raise CheckpointError(f"{key}: {ckpt} is not a Lightning checkpoint")

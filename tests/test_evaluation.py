@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from helpers.config import TINY_D1, hydra_cfg
+from helpers.config import ROOT, TINY_D1, hydra_cfg
 from PIL import Image
 
 from latentbridge.analysis.curves import bd_table, curves
@@ -122,3 +122,58 @@ def test_evaluate_end_to_end_on_a_tiny_run(tmp_path):
     assert json.loads((tmp_path / "eval" / "results.json").read_text())["rows"] == json.loads(
         json.dumps(results["rows"])
     )
+
+
+def _tiny_run_dir(tmp_path, *extra: str):
+    """A finished tiny d1 run (random teacher and codec: no checkpoints) with its .hydra/config.yaml."""
+    from omegaconf import OmegaConf
+
+    with hydra_cfg([*TINY_D1, "data.val_size=50", *extra], tmp_path) as cfg:
+        results = train_run(cfg)
+        (tmp_path / "run" / ".hydra").mkdir()
+        OmegaConf.save(cfg, tmp_path / "run" / ".hydra" / "config.yaml")
+    return tmp_path / "run", results
+
+
+def test_evaluation_reproduces_the_runs_own_validation_exactly(tmp_path):
+    """open_run rebuilds the very module that trained (its frozen parts too, here random ones), and the test
+    loop's paths are the validation's: on the same images the top-1 and PSNR are equal, not close."""
+    from omegaconf import OmegaConf
+
+    from latentbridge.workflows.evaluate import evaluate_rate_point, open_rate_point
+
+    run_dir, trained = _tiny_run_dir(tmp_path)
+    trainer = {"accelerator": "cpu", "devices": 1, "enable_progress_bar": False}
+    settings = OmegaConf.create({"limit": None, "batch_size": 16, "few_shot_groups": 0, "seed": 0, "trainer": trainer})
+    run, dm = open_rate_point(run_dir, settings)
+    row = evaluate_rate_point(run, dm, settings)
+    val = trained["metrics"]
+    assert row["images"] == 50
+    for path, key in (("method", "top1_neck"), ("reconstruction", "top1_reconstruction"),
+                      ("uncompressed", "top1_uncompressed")):  # fmt: skip
+        assert row[path]["top1"] == pytest.approx(val[key], abs=1e-6), path
+    assert row["psnr"] == pytest.approx(val["psnr"], abs=1e-4)
+    assert row["bpp"] > row["bpp_est"] > 0  # the real stream costs more than the estimate (container, flush)
+
+
+@pytest.mark.slow
+def test_evaluation_with_two_ddp_processes_gives_the_single_process_rows(tmp_path):
+    """latentbridge-evaluate with trainer.devices=2 (DDP over gloo, as on a GPU node) writes the same rows."""
+    import subprocess
+    import sys
+
+    run_dir, _ = _tiny_run_dir(tmp_path / "train")
+    rows = {}
+    for devices in (1, 2):
+        out = tmp_path / f"eval{devices}"
+        args = [f"runs=[{run_dir}]", "few_shot_groups=20", "wandb=false", "anchors.webp=[]", "anchors.avif=[]",
+                "anchors.heic=[]", "anchors.jpeg=[20]", "trainer.accelerator=cpu", f"trainer.devices={devices}",
+                "trainer.enable_progress_bar=false", f"hydra.run.dir={out}"]  # fmt: skip
+        if devices == 2:
+            args.append("+trainer.strategy=ddp")
+        res = subprocess.run([sys.executable, "evaluate.py", *args], cwd=ROOT, capture_output=True, text=True,
+                             timeout=600)  # fmt: skip
+        assert res.returncode == 0, res.stderr[-2000:]
+        rows[devices] = json.loads((out / "results.json").read_text())["rows"]
+    assert rows[1] == rows[2]
+    assert [r["images"] for r in rows[2]] == [50, 50, 50, 50]

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
@@ -180,6 +181,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             rows.append(evaluate_anchor(run, dm, name, int(q), cfg))
 
     results = {"rows": rows, "kodak": kodak_rows, "bd": {}, "plots": {}}
+    if rank_zero_only.rank != 0:  # under DDP every rank holds the same rows; one writes them
+        return results
     for metric in ("top1", "few_shot", "psnr", "ms_ssim"):
         png = plot(rows, metric, out_dir / f"rate_{metric}.png")
         if png:
