@@ -138,3 +138,8 @@ class ClassificationDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self.val_dataloader()
+
+    def split_dataloader(self, split: str, subset: int | None = None) -> DataLoader:
+        """Every image of a split (a seeded ``subset`` of it), in order, in evaluation batches: for diagnostics that
+        read the training split the way validation reads its own (nothing shuffled, nothing dropped)."""
+        return self._loader(self._dataset(split, subset), self.eval_batch_size, shuffle=False)

@@ -11,10 +11,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import hydra
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
@@ -54,11 +53,7 @@ def path_fidelity(cfg: DictConfig) -> None:
     for run in cfg.runs:
         finished, dm = open_rate_point(Path(run), cfg)
         module = finished.module
-        train_dm = hydra.utils.instantiate(
-            OmegaConf.merge(finished.config.data, {"train_subset": cfg.limit, "val_subset": cfg.limit})
-        )
-        train_dm.setup("fit")
-        for split, loader in (("test", dm.test_dataloader()), ("train", train_dm.train_dataloader())):
+        for split, loader in (("test", dm.test_dataloader()), ("train", dm.split_dataloader("train", cfg.limit))):
             r = fidelity(module, loader)
             table.add_row(
                 str(run),

@@ -113,3 +113,14 @@ def test_synthetic_is_deterministic():
     a = next(iter(SyntheticDataModule(**KW).val_dataloader()))
     b = next(iter(SyntheticDataModule(**KW).val_dataloader()))
     assert torch.equal(a["image"], b["image"]) and torch.equal(a["label"], b["label"])
+
+
+def test_split_dataloader_reads_every_image_of_a_split_in_order():
+    """Diagnostics read the training split like validation: nothing shuffled, nothing dropped (the training loader
+    drops an incomplete last batch, here all of it)."""
+    dm = SyntheticDataModule(train_size=50, val_size=8, batch_size=64, eval_batch_size=16, image_size=64,
+                             teacher_image_size=64, teacher_mean=[0.5] * 3, teacher_std=[0.5] * 3)  # fmt: skip
+    assert len(list(dm.train_dataloader())) == 0
+    batches = list(dm.split_dataloader("train"))
+    assert [b["index"].tolist() for b in batches] == [list(range(i, min(i + 16, 50))) for i in range(0, 50, 16)]
+    assert [len(b["index"]) for b in dm.split_dataloader("train", subset=20)] == [16, 4]

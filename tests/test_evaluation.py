@@ -177,3 +177,22 @@ def test_evaluation_with_two_ddp_processes_gives_the_single_process_rows(tmp_pat
         rows[devices] = json.loads((out / "results.json").read_text())["rows"]
     assert rows[1] == rows[2]
     assert [r["images"] for r in rows[2]] == [50, 50, 50, 50]
+
+
+def test_the_diagnostic_scripts_run_on_a_finished_run(tmp_path):
+    """scripts/path_fidelity.py (each path's distance to C(x), test and train split) and scripts/benchmark_server.py
+    (neck vs Reconstruction path per request) run as a user runs them."""
+    import subprocess
+    import sys
+
+    run_dir, trained = _tiny_run_dir(tmp_path / "train", "data.batch_size=64")  # more than the 50 images read below
+    logs = f"paths.log_dir={tmp_path / 'logs'}"
+    res = subprocess.run([sys.executable, "scripts/path_fidelity.py", f"runs=[{run_dir}]", "limit=50", logs],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert res.returncode == 0, res.stderr[-2000:]
+    test_row = next(line for line in res.stdout.splitlines() if "│ test" in line)
+    assert f"{trained['metrics']['top1_neck']:.4f}" in test_row  # the same module and images as validation
+    assert any("│ train" in line for line in res.stdout.splitlines())
+    bench = ["scripts/benchmark_server.py", "+bench.repeats=2", "codec.checkpoint=null", "vision.checkpoint=null", logs]
+    res = subprocess.run([sys.executable, *bench], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0 and "Reconstruction / neck time ratio" in res.stdout, res.stderr[-2000:]
