@@ -7,7 +7,6 @@ its phase-1 run any more (the phase-1 neck is read only when training starts).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from latentbridge.core.atomic_io import read_checkpoint
 from latentbridge.core.errors import CheckpointError, ConfigError
-from latentbridge.core.run_dir import checkpoint_of
+from latentbridge.core.run_dir import checkpoint_of, config_file
 
 
 def scenario_uses(cfg: DictConfig) -> list[str]:
@@ -37,12 +36,10 @@ def build_scenario(cfg: DictConfig) -> Any:
 
 @dataclass
 class FinishedRun:
-    """A trained run: its directory, composed config, results.json, checkpoint and module (eval mode)."""
+    """A trained run: its directory, composed config and module (eval mode)."""
 
     dir: Path
     config: DictConfig
-    results: dict[str, Any]
-    checkpoint: Path
     module: Any
 
     @property
@@ -57,10 +54,10 @@ class FinishedRun:
 def run_config(run_dir: str | Path, key: str = "runs") -> DictConfig:
     """The composed config of a run directory; one-line errors when it is not a finished run."""
     run_dir = Path(run_dir)
-    for f in (run_dir / "results.json", run_dir / ".hydra" / "config.yaml"):
+    for f in (run_dir / "results.json", config_file(run_dir)):
         if not f.is_file():
             raise ConfigError(f"{key}: {f} is missing (not a finished LatentBridge run directory)")
-    return OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    return OmegaConf.load(config_file(run_dir))
 
 
 def open_run(run_dir: str | Path, key: str = "runs", data: dict[str, Any] | None = None) -> FinishedRun:
@@ -80,4 +77,4 @@ def open_run(run_dir: str | Path, key: str = "runs", data: dict[str, Any] | None
     module.on_load_checkpoint(state)
     module.load_state_dict(state["state_dict"], strict=False)
     module.codec.model.update(force=True)
-    return FinishedRun(run_dir, cfg, json.loads((run_dir / "results.json").read_text()), ckpt, module.eval())
+    return FinishedRun(run_dir, cfg, module.eval())

@@ -106,7 +106,7 @@ class BridgeModule(NetAuxOptimization):
         self.metrics = nn.ModuleDict(
             {f"top1_{p}": MeanMetric() for p in paths} | {"bpp": MeanMetric(), "psnr": MeanMetric()}
         )
-        self.evaluation = RateAccuracy(("method", "reconstruction", "uncompressed"))
+        self.configure_evaluation()
         self.test_results: dict[str, Any] | None = None
         self.skipped_images = 0
         self.strict_loading = False  # frozen parts are rebuilt from their own source, not stored in checkpoints

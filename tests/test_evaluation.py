@@ -84,7 +84,6 @@ def test_evaluate_end_to_end_on_a_tiny_run(tmp_path):
     """A tiny d1 run at two rate points, evaluated through real bitstreams with a JPEG anchor."""
     from helpers.config import CONF
     from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
 
     from latentbridge.workflows import evaluate
 
@@ -92,10 +91,7 @@ def test_evaluate_end_to_end_on_a_tiny_run(tmp_path):
     for i, lmbda in enumerate((0.001, 0.05)):
         with hydra_cfg([*TINY_D1, f"codec.lmbda={lmbda}"], tmp_path / f"r{i}") as cfg:
             train_run(cfg)
-            run = tmp_path / f"r{i}" / "run"
-            (run / ".hydra").mkdir()
-            OmegaConf.save(cfg, run / ".hydra" / "config.yaml")  # as Hydra writes it for a CLI run
-        runs.append(str(run))
+        runs.append(str(tmp_path / f"r{i}" / "run"))
     kodak = tmp_path / "kodak"
     kodak.mkdir()
     for i, size in enumerate([(70, 50), (64, 64)]):
@@ -125,13 +121,9 @@ def test_evaluate_end_to_end_on_a_tiny_run(tmp_path):
 
 
 def _tiny_run_dir(tmp_path, *extra: str):
-    """A finished tiny d1 run (random teacher and codec: no checkpoints) with its .hydra/config.yaml."""
-    from omegaconf import OmegaConf
-
+    """A finished tiny d1 run (random teacher and codec: no checkpoints)."""
     with hydra_cfg([*TINY_D1, "data.val_size=50", *extra], tmp_path) as cfg:
         results = train_run(cfg)
-        (tmp_path / "run" / ".hydra").mkdir()
-        OmegaConf.save(cfg, tmp_path / "run" / ".hydra" / "config.yaml")
     return tmp_path / "run", results
 
 
@@ -196,3 +188,27 @@ def test_the_diagnostic_scripts_run_on_a_finished_run(tmp_path):
     bench = ["scripts/benchmark_server.py", "+bench.repeats=2", "codec.checkpoint=null", "vision.checkpoint=null", logs]
     res = subprocess.run([sys.executable, *bench], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0 and "Reconstruction / neck time ratio" in res.stdout, res.stderr[-2000:]
+
+
+def test_rate_accuracy_counts_each_image_once_when_a_sampler_repeats_some():
+    """A distributed sampler pads the last batch with repeats: every column, MS-SSIM included (images over 160 px),
+    is taken once per dataset index, so the row equals the row without the repeat."""
+    from latentbridge.metrics.rate_accuracy import RateAccuracy
+
+    torch.manual_seed(0)
+    x = torch.rand(3, 3, 176, 176)
+    x_hat = (x + 0.2 * torch.rand_like(x) * torch.tensor([0.1, 1.0, 3.0]).view(3, 1, 1, 1)).clamp(0, 1)
+    emb, text = torch.randn(3, 8), torch.nn.functional.normalize(torch.randn(4, 8), dim=-1)
+    batch = {"image": x, "label": torch.tensor([0, 1, 2]), "index": torch.tensor([0, 1, 2])}
+
+    def row(*takes: list[int]) -> dict:
+        metric = RateAccuracy(("method",))
+        for take in takes:
+            part = {k: v[take] for k, v in batch.items()}
+            metric.update(part, {"method": emb[take]}, text, [10 * (i + 1) for i in take], x_hat[take])
+        return metric.compute()
+
+    once = row([0, 1], [2])
+    assert once["ms_ssim"] is not None and once["images"] == 3
+    assert row([0, 1], [2, 2]) == once  # index 2 twice, as the padded last batch of another rank
+    assert row([2], [1, 0], [0]) == once  # in any order

@@ -41,8 +41,6 @@ def test_evaluation_runs_on_the_gpu_and_equals_the_cpu_result(tmp_path):
 
     with hydra_cfg([*TINY, "trainer.max_epochs=1"], tmp_path) as cfg:
         train_run(cfg)
-        (tmp_path / "run" / ".hydra").mkdir()
-        OmegaConf.save(cfg, tmp_path / "run" / ".hydra" / "config.yaml")
     rows = {}
     for accelerator in ("cpu", "cuda"):
         settings = OmegaConf.create({"limit": 32, "batch_size": 16, "few_shot_groups": 0, "seed": 0,

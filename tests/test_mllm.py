@@ -121,8 +121,6 @@ def tiny_run(tmp_path_factory):
     ]
     with hydra_cfg(overrides, tmp) as cfg:
         OmegaConf.update(cfg, "vision.config", {"vision_config": VISION, "text_config": TEXT, "projection_dim": 24})
-        (tmp / "run" / ".hydra").mkdir(parents=True)
-        (tmp / "run" / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
         results = train_run(cfg)
     return tmp / "run", results
 

@@ -50,8 +50,6 @@ def test_bug1_a_hydra_multirun_returns_the_monitored_metric_to_the_sweeper(tmp_p
         results = json.loads(Path(r["output_dir"], "results.json").read_text())
         assert results["monitor"]["metric"] == "val/top1_neck"
         assert r["value"] == results["metrics"]["top1_neck"] == results["monitor"]["value"]
-    # the two seeds differ in what trains; top1_uncompressed (the old return value) is the same frozen teacher
-    assert {r["value"] for r in returned} != {None}
 
 
 # -- 2. a cold cache gives the same run as a warm one -------------------------------------------------------
@@ -71,8 +69,6 @@ def test_bug2_a_run_that_prepares_its_codec_equals_the_same_run_on_a_warm_cache(
 
 # -- 3. a finished phase-2 run loads without its phase-1 run ------------------------------------------------
 def test_bug3_a_finished_d2_run_opens_after_its_d1_run_moved(tmp_path):
-    from omegaconf import OmegaConf
-
     with hydra_cfg([*TINY, "trainer.max_epochs=1"], tmp_path / "d1") as cfg:
         train_run(cfg)
     d1 = tmp_path / "d1" / "run"
@@ -80,9 +76,7 @@ def test_bug3_a_finished_d2_run_opens_after_its_d1_run_moved(tmp_path):
         ["experiment=mini_d2", *TINY, "trainer.max_epochs=1", f"scenario.init_from={d1}"], tmp_path / "d2"
     ) as cfg:
         results = train_run(cfg)
-    d2 = tmp_path / "d2" / "run"
-    (d2 / ".hydra").mkdir()
-    OmegaConf.save(cfg, d2 / ".hydra" / "config.yaml")  # as Hydra writes it for a command-line run
+    d2 = tmp_path / "d2" / "run"  # train.run left its config there, as Hydra does for a command-line run
     shutil.move(d1, tmp_path / "elsewhere")
     finished = open_run(d2)
     saved = torch.load(results["best_checkpoint"], weights_only=True)["state_dict"]

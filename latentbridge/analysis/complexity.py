@@ -89,5 +89,4 @@ def complexity(cfg: DictConfig) -> list[ComponentCost]:
     out = Path(cfg.paths.output_dir) / "complexity.json"
     atomic_write_json(out, {"image_size": cfg.data.image_size, "rows": [r.as_dict() for r in rows]})
     print(f"complexity: {out}")
-
     return rows

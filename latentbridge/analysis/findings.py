@@ -99,12 +99,13 @@ def _per_lambda(checks: list[tuple]) -> str:
 def server_macs(run_dirs: dict[str, Path]) -> dict[str, float] | None:
     """kMAC/pixel of the neck (reference run) and of g_s + U-Net + the encoder's first k blocks (post run)."""
     from latentbridge.analysis.complexity import complexity_report
+    from latentbridge.core.run_dir import config_file
 
-    if not all((d / ".hydra" / "config.yaml").is_file() for d in run_dirs.values()):
+    if not all(config_file(d).is_file() for d in run_dirs.values()):
         return None
     costs = {}
     for role, d in run_dirs.items():
-        rcfg = OmegaConf.load(d / ".hydra" / "config.yaml")
+        rcfg = OmegaConf.load(config_file(d))
         costs[role] = {c.component: c.kmac_per_pixel for c in complexity_report(rcfg)}
     neck = costs["neck"]["transform-neck"]
     post = sum(costs["post"][k] for k in ("codec decoder g_s", "post-processing network"))

@@ -1,4 +1,4 @@
-"""One exception type for bad input: train.py / evaluate.py print it as a single line."""
+"""One exception type for bad input: every command prints it as a single line (``latentbridge.cli.run_cli``)."""
 
 
 class LatentBridgeError(Exception):

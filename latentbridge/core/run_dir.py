@@ -1,4 +1,6 @@
-"""The layout of a run directory: ``results.json`` names its best and last checkpoints."""
+"""The layout of a run directory: ``.hydra/config.yaml`` holds its composed config (where Hydra writes it;
+training writes it there too when it runs outside a Hydra command), ``results.json`` names its best and last
+checkpoints."""
 
 from __future__ import annotations
 
@@ -6,6 +8,11 @@ import json
 from pathlib import Path
 
 from latentbridge.core.errors import CheckpointError
+
+
+def config_file(run_dir: str | Path) -> Path:
+    """Where a run directory keeps its composed config."""
+    return Path(run_dir) / ".hydra" / "config.yaml"
 
 
 def checkpoint_of(path: str | Path, key: str) -> Path:

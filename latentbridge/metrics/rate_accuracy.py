@@ -2,8 +2,9 @@
 DDP ranks, then de-duplicated by dataset index (a distributed sampler pads the last batch with repeats), so a
 result is the same on one device or many.
 
-Columns: ``index``, ``label``, ``bytes`` (real bitstream), ``bits_est`` (likelihood estimate), ``pixels``,
-``psnr``, ``ms_ssim`` (images over 160 px), and per path ``correct_<path>`` (zero-shot top-1) and, when 5-way
+Columns, one value per image (NaN: not measured): ``index``, ``label``, ``bytes`` (real bitstream), ``bits_est``
+(likelihood estimate; NaN for traditional codecs), ``pixels``, ``psnr``, ``ms_ssim`` (NaN for images of 160 px a
+side or less), and per path ``correct_<path>`` (zero-shot top-1) and, when 5-way
 1-shot is asked for, ``emb_<path>``.
 """
 
@@ -52,44 +53,39 @@ class RateAccuracy(nn.Module):
         cols["index"].update(batch["index"].to(dev).float())
         cols["label"].update(labels.float())
         cols["bytes"].update(torch.tensor([float(b) for b in nbytes], device=dev))
-        cols["bits_est"].update(
-            bits_est.float() if bits_est is not None else torch.full((n,), float("nan"), device=dev)
-        )
+        not_measured = torch.full((n,), float("nan"), device=dev)
+        cols["bits_est"].update(not_measured if bits_est is None else bits_est.float())
         cols["pixels"].update(torch.full((n,), float(x.shape[-2] * x.shape[-1]), device=dev))
         cols["psnr"].update(psnr(x_hat, x))
         quality = ms_ssim(x_hat, x)
-        if quality is not None:
-            cols["ms_ssim"].update(quality)
+        cols["ms_ssim"].update(not_measured if quality is None else quality.float())
         for path, emb in embeddings.items():
             cols[f"correct_{path}"].update(zero_shot_correct(emb, text_emb, labels))
             if self.few_shot_groups:
                 cols[f"emb_{path}"].update(emb.float())
 
-    def _column(self, name: str, order: Tensor | None) -> Tensor:
+    def _column(self, name: str) -> Tensor:
         value = self.columns[name].compute()
-        value = value if isinstance(value, Tensor) else torch.as_tensor(value)
-        return value if order is None else value[order]
+        return value if isinstance(value, Tensor) else torch.as_tensor(value)
 
     def compute(self) -> dict[str, Any]:
         """The row: real and estimated bpp, PSNR, MS-SSIM, images and, per path, top-1 and 5-way 1-shot accuracy
         (``few_shot_error`` says why 5-way 1-shot is missing when groups cannot be drawn)."""
-        index = self._column("index", None).long()
+        index = self._column("index").long()
         first = {}
         for pos, i in enumerate(index.tolist()):  # one row per dataset item, in dataset order
             first.setdefault(i, pos)
         order = torch.tensor([first[i] for i in sorted(first)], dtype=torch.long, device=index.device)
-        col = {n: self._column(n, order) for n in self.columns if n != "ms_ssim"}
+        col = {n: self._column(n)[order] for n in self.columns}
         pixels = float(col["pixels"].sum())
-        bits_est = col["bits_est"]
+        bits_est, quality = col["bits_est"], col["ms_ssim"]
         out: dict[str, Any] = {
             "bpp": 8 * float(col["bytes"].sum()) / pixels,
             "bpp_est": None if torch.isnan(bits_est).any() else float(bits_est.sum()) / pixels,
             "psnr": float(col["psnr"].mean()),
-            "ms_ssim": None,
+            "ms_ssim": None if torch.isnan(quality).all() else float(quality.nanmean()),
             "images": int(order.numel()),
         }
-        if self.columns["ms_ssim"].update_count:
-            out["ms_ssim"] = float(self._column("ms_ssim", None).mean())
         labels = col["label"].long()
         groups, error = None, None
         if self.few_shot_groups:

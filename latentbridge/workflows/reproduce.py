@@ -22,7 +22,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from latentbridge.core.atomic_io import atomic_write_bytes, atomic_write_json
+from latentbridge.core.atomic_io import atomic_write_json
 from latentbridge.core.config import hydra_quote
 from latentbridge.core.errors import ConfigError
 from latentbridge.workflows import evaluate as ev
@@ -93,10 +93,7 @@ def train_all(cfg: DictConfig) -> list[tuple[str, float]]:
         overrides = run_overrides(cfg, run, lmbda)
         resumed = any(o.startswith("ckpt_path=") for o in overrides)
         log.info("[%d/%d] %s lambda=%s: %s", i, len(todo), run, lmbda, "resuming" if resumed else "training")
-        sub = compose(config_name="train", overrides=overrides)
-        (out / ".hydra").mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(out / ".hydra" / "config.yaml", OmegaConf.to_yaml(sub).encode())
-        train_run(sub)
+        train_run(compose(config_name="train", overrides=overrides))
     return [(r, lm) for r, lm in todo if not only or r in only]
 
 

@@ -114,9 +114,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     import lightning as L
     from hydra.utils import instantiate
     from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.utilities import rank_zero_only
 
     from latentbridge.analysis.report import print_results
-    from latentbridge.core.atomic_io import atomic_torch_save, atomic_write_json, read_checkpoint
+    from latentbridge.core.atomic_io import atomic_torch_save, atomic_write_bytes, atomic_write_json, read_checkpoint
+    from latentbridge.core.run_dir import config_file
 
     # Frozen parts (codec in d1, the teacher) are kept in eval mode on purpose (BridgeModule.train).
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
@@ -128,6 +130,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         cfg.seed, workers=True, verbose=False
     )  # after preparation: a cold cache gives the same run as a warm one
 
+    if rank_zero_only.rank == 0 and not config_file(out_dir).is_file():  # Hydra writes it for command-line runs
+        atomic_write_bytes(config_file(out_dir), OmegaConf.to_yaml(cfg).encode())  # open_run reads it
     datamodule = instantiate(cfg.data)
     module = build_scenario(cfg)
     loggers = [instantiate(node) for node in (cfg.get("logger") or {}).values() if node is not None]
