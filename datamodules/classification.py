@@ -59,7 +59,7 @@ class _Transformed(Dataset):
 def collate_skipping(items: list[dict[str, Any] | None]) -> dict[str, Any]:
     """Stack the readable items; ``num_skipped`` counts the rest."""
     good = [it for it in items if it is not None]
-    batch: dict[str, Any] = {"num_skipped": torch.tensor(len(items) - len(good))}
+    batch: dict[str, Any] = {"num_skipped": len(items) - len(good)}  # a Python int: reading it never syncs a device
     if good:
         batch.update(torch.utils.data.default_collate(good))
     return batch
@@ -79,17 +79,34 @@ class ClassificationDataModule(L.LightningDataModule):
         num_workers: int = 0,
         train_subset: int | None = None,
         val_subset: int | None = None,
+        test_subset: int | None = None,
         templates: Sequence[str] | None = None,
         seed: int = 0,
+        cache: bool = False,
+        cache_dir: str | None = None,
+        cache_dtype: str = "float32",
+        cache_shard_size: int = 4096,
     ) -> None:
+        """``cache*``: the latent cache (``datamodules/latent_cache.py``), applied by the training workflow."""
         super().__init__()
+        self.cache, self.cache_dir, self.cache_dtype, self.cache_shard_size = (
+            cache,
+            cache_dir,
+            cache_dtype,
+            cache_shard_size,
+        )
         self.image_size = image_size
         self.codec_tf = codec_transform(image_size)
         self.teacher_tf = teacher_transform(teacher_image_size, teacher_mean, teacher_std)
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
-        self.train_subset, self.val_subset = train_subset, val_subset
+        self.train_subset, self.val_subset, self.test_subset = train_subset, val_subset, test_subset
+        self.teacher_image_size, self.teacher_mean, self.teacher_std = (
+            teacher_image_size,
+            list(teacher_mean),
+            list(teacher_std),
+        )
         self._templates = tuple(templates) if templates else None
         self.seed = seed
         self._splits: dict[str, LabelledImages] = {}
@@ -127,6 +144,7 @@ class ClassificationDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             collate_fn=collate_skipping,
             persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
             drop_last=shuffle,
         )
 
@@ -137,7 +155,19 @@ class ClassificationDataModule(L.LightningDataModule):
         return self._loader(self._dataset("val", self.val_subset), self.eval_batch_size, shuffle=False)
 
     def test_dataloader(self) -> DataLoader:
-        return self.val_dataloader()
+        """The final evaluation's split (``test``; for ImageNet its val set, as the paper evaluates)."""
+        return self._loader(self._dataset("test", self.test_subset), self.eval_batch_size, shuffle=False)
+
+    def signature(self) -> dict[str, Any]:
+        """What the images of this datamodule depend on (a cache built from it is valid for nothing else)."""
+        return {
+            "dataset": type(self).__name__,
+            "image_size": self.image_size,
+            "teacher_image_size": self.teacher_image_size,
+            "teacher_mean": self.teacher_mean,
+            "teacher_std": self.teacher_std,
+            "seed": self.seed,
+        }
 
     def split_dataloader(self, split: str, subset: int | None = None) -> DataLoader:
         """Every image of a split (a seeded ``subset`` of it), in order, in evaluation batches: for diagnostics that

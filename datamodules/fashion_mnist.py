@@ -1,4 +1,9 @@
-"""Fashion-MNIST from IDX files (Debian's ``dataset-fashion-mnist`` by default; torchvision's download online)."""
+"""Fashion-MNIST from IDX files (Debian's ``dataset-fashion-mnist`` by default; torchvision's download online).
+
+Splits: ``val`` is ``holdout`` images carved from the 60,000 training images by a fixed permutation (checkpoint
+selection and any tuning never see test images), ``train`` is the rest, and ``test`` is the official t10k set,
+read only by final evaluation (evaluate.py, reproduce.py).
+"""
 
 from __future__ import annotations
 
@@ -14,7 +19,8 @@ from latentbridge.core.errors import DataError
 
 CLASSNAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
 DEBIAN_ROOT = "/usr/share/datasets/fashion-mnist"
-_FILES = {"train": "train", "val": "t10k", "test": "t10k"}
+_FILES = {"train": "train", "val": "train", "test": "t10k"}
+HOLDOUT_SEED = 20240717  # fixed: the carved validation set never changes with the run's seed
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -38,7 +44,7 @@ def read_idx(path: Path) -> np.ndarray:
 class FashionMNISTSplit(LabelledImages):
     classnames = CLASSNAMES
 
-    def __init__(self, root: Path, split: str) -> None:
+    def __init__(self, root: Path, split: str, holdout: int = 0) -> None:
         prefix = _FILES[split]
         images, labels = (root / f"{prefix}-images-idx3-ubyte", root / f"{prefix}-labels-idx1-ubyte")
         images, labels = (p if p.exists() else p.with_name(p.name + ".gz") for p in (images, labels))
@@ -50,6 +56,12 @@ class FashionMNISTSplit(LabelledImages):
         self.images, self.labels = read_idx(images), read_idx(labels)
         if len(self.images) != len(self.labels):
             raise DataError(f"data.root: {images} and {labels} hold different numbers of items")
+        if prefix == "train" and (holdout or split == "val"):
+            if not 0 < holdout < len(self.labels):
+                raise DataError(f"data.holdout: {holdout} is not between 0 and {len(self.labels)} training images")
+            order = np.random.default_rng(HOLDOUT_SEED).permutation(len(self.labels))
+            keep = np.sort(order[:holdout] if split == "val" else order[holdout:])
+            self.images, self.labels = self.images[keep], self.labels[keep]
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -61,10 +73,11 @@ class FashionMNISTSplit(LabelledImages):
 class FashionMNISTDataModule(ClassificationDataModule):
     """Fashion-MNIST (10 classes, 28x28 grey, converted to RGB and resized to ``image_size``)."""
 
-    def __init__(self, root: str = DEBIAN_ROOT, download: bool = False, **kwargs: Any) -> None:
+    def __init__(self, root: str = DEBIAN_ROOT, download: bool = False, holdout: int = 5000, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.root = Path(root)
         self.download = download
+        self.holdout = holdout
 
     def prepare_data(self) -> None:
         if self.download:  # online only: torchvision writes the same IDX file names under root/FashionMNIST/raw
@@ -79,7 +92,10 @@ class FashionMNISTDataModule(ClassificationDataModule):
             root = root / "FashionMNIST" / "raw"
         if not root.is_dir():
             raise DataError(f"data.root: {self.root} does not exist (apt-get install dataset-fashion-mnist)")
-        return FashionMNISTSplit(root, split)
+        return FashionMNISTSplit(root, split, self.holdout)
+
+    def signature(self) -> dict[str, Any]:
+        return {**super().signature(), "root": str(self.root.resolve()), "holdout": self.holdout}
 
 
 __all__ = ["CLASSNAMES", "FashionMNISTDataModule", "read_idx"]

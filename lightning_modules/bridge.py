@@ -25,9 +25,10 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
 from latentbridge import routes
-from latentbridge.codecs.adapter import ENTROPY_TABLES, CodecAdapter, bits_per_pixel
-from latentbridge.codecs.bitstream import decode_latent, encode_image
+from latentbridge.codecs.adapter import ENTROPY_TABLES, CodecAdapter
+from latentbridge.codecs.bitstream import decode_latent, encode_batch
 from latentbridge.core.atomic_io import read_checkpoint
+from latentbridge.core.digest import state_digest
 from latentbridge.core.errors import CheckpointError, ConfigError
 from latentbridge.core.run_dir import checkpoint_of
 from latentbridge.losses.joint import JointLoss, JointLossOutput
@@ -73,6 +74,7 @@ class BridgeModule(NetAuxOptimization):
         aux_lr: float = 1e-3,
         clip_max_norm: float = 0.0,
         init_from: str | None = None,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         if not 0 <= skip_blocks < vision.num_blocks:
@@ -151,15 +153,35 @@ class BridgeModule(NetAuxOptimization):
             self.codec.get_submodule(self.codec.decoder).eval()
         return self
 
+    def configure_model(self) -> None:
+        """``scenario.compile``: torch.compile the transform-neck and the encoder's blocks in place (parameter
+        names, hence checkpoints, unchanged)."""
+        if self.hparams.get("compile") and not getattr(self, "_compiled", False):
+            if self.neck is not None:
+                self.neck.compile()
+            for block in self.vision.visual.transformer.resblocks:
+                block.compile()
+            self._compiled = True
+
     def setup(self, stage: str) -> None:
-        dm = self.trainer.datamodule
-        self.set_classes(dm.classnames, dm.templates)
         if stage == "fit" and self.hparams.init_from and not self.trainer.ckpt_path:
             self.init_from_phase1(self.hparams.init_from)  # a resumed run restores its own neck instead
 
+    def _classes_from_datamodule(self) -> None:
+        dm = self.trainer.datamodule
+        self.set_classes(dm.classnames, dm.templates)
+
+    # on the training device (setup runs before the model is moved); computed once per process (class_embeddings)
+    on_fit_start = on_validation_start = on_test_start = _classes_from_datamodule
+
     def set_classes(self, classnames: Sequence[str], templates: Sequence[str]) -> None:
         """The class text embeddings of Eq. 2 (fixed: the text encoder never trains)."""
+        key = (tuple(classnames), tuple(templates))
+        if getattr(self, "_classes", None) == key and self.text_emb.numel() and not self.text_emb.is_inference():
+            self.text_emb = self.text_emb.to(self.device)
+            return
         self.text_emb = self.vision.class_embeddings(classnames, templates).to(self.device)
+        self._classes = key
 
     # -- the paths (latentbridge.routes) ------------------------------------------------------------------
     def method_embedding(self, y_hat: Tensor) -> Tensor:
@@ -177,18 +199,72 @@ class BridgeModule(NetAuxOptimization):
 
     # -- training -----------------------------------------------------------------------------------------
     def training_loss(self, batch: dict[str, Tensor]) -> SurrogateLossOutput | JointLossOutput:
-        """Phase 1 (paper 3.5): L_S on the method's path. Phase 2 (d2, d3): the joint loss of Table 1."""
-        x = batch["image"]
-        y_hat, likelihoods = self.latent(x)
-        student = self.method_embedding(y_hat)
-        teacher = self.teacher_embedding(batch["teacher_image"])
+        """Phase 1 (paper 3.5): L_S on the method's path. Phase 2 (d2, d3): the joint loss of Table 1.
+        A batch from the latent cache (``datamodules/latent_cache.py``) carries y_hat and C(x) instead of images."""
+        if "y_hat" in batch:
+            y_hat, likelihoods, teacher = batch["y_hat"].float(), None, batch["target"].float()
+        else:
+            y_hat, likelihoods = self.latent(batch["image"])
+            teacher = self.teacher_embedding(batch["teacher_image"])
         if isinstance(self.loss_fn, JointLoss):
+            x = batch["image"]
             x_hat = self.codec.synthesize(y_hat) if self.loss_fn.needs_reconstruction else None
-            return self.loss_fn(likelihoods, x, x_hat, student, teacher)
-        return self.loss_fn(student, teacher, self.text_emb, batch["label"], self.current_epoch)
+            return self.loss_fn(likelihoods, x, x_hat, self.method_embedding(y_hat), teacher)
+        if not getattr(self.loss_fn, "token_weight", 0.0):
+            student = self.method_embedding(y_hat)
+            return self.loss_fn(student, teacher, self.text_emb, batch["label"], self.current_epoch)
+        tokens = self.neck(y_hat)  # token-level distillation (beyond the paper): the neck's tokens vs block k's
+        teacher_tokens = batch["tokens"].float() if "tokens" in batch else self.teacher_tokens(batch["teacher_image"])
+        student = self.encoder.from_block(tokens, self.skip_blocks)
+        return self.loss_fn(student, teacher, self.text_emb, batch["label"], self.current_epoch, tokens, teacher_tokens)
+
+    @torch.no_grad()
+    def teacher_tokens(self, teacher_image: Tensor) -> Tensor:
+        """The teacher's hidden states after its first k blocks: what the neck's tokens stand in for."""
+        return self.encoder.run_blocks(self.encoder.embed(teacher_image), 0, self.skip_blocks)
+
+    # -- the latent cache: what never changes while the codec and the teacher are frozen -----------------
+    @property
+    def cacheable(self) -> bool:
+        """Whether y_hat is constant during training (the codec does not train): d1 and the baselines."""
+        return "codec" not in self.trainable
+
+    def cache_fields(self, split: str) -> tuple[str, ...]:
+        """What the cache stores per image of ``split``: y_hat and C(x) always; for validation also the constant
+        paths (Reconstruction embedding, likelihood bits, PSNR); the teacher's tokens for token distillation."""
+        fields = ("y_hat", "target")
+        if getattr(self.loss_fn, "token_weight", 0.0) and split == "train":
+            fields += ("tokens",)
+        if split == "val":
+            fields += ("recon", "bits", "psnr")
+        return fields
+
+    @torch.no_grad()
+    def cache_batch(self, batch: dict[str, Any], split: str) -> dict[str, Tensor]:
+        """The cached values of one batch of images (the same computations as the uncached steps)."""
+        fields = self.cache_fields(split)
+        x = batch["image"]
+        y_hat, likelihoods = self.codec.latent(x)
+        out = {"y_hat": y_hat, "target": self.teacher_embedding(batch["teacher_image"])}
+        if "tokens" in fields:
+            out["tokens"] = self.teacher_tokens(batch["teacher_image"])
+        if "recon" in fields:
+            x_hat = self.codec.synthesize(y_hat)
+            out["recon"] = routes.decoded_image(self, x_hat)
+            out["bits"] = sum(-torch.log2(lk.clamp_min(1e-9)).flatten(1).sum(1) for lk in likelihoods.values())
+            out["psnr"] = psnr(x_hat, x)
+        return out
+
+    def cache_signature(self) -> dict[str, Any]:
+        """The frozen parts a cache is valid for: their names, shapes and a digest of their weights."""
+        return {
+            **self.signature(),
+            "codec_weights": state_digest(self.codec),
+            "vision_weights": state_digest(self.vision),
+        }
 
     def _count_skipped(self, batch: dict[str, Any]) -> None:
-        skipped = int(batch["num_skipped"])
+        skipped = int(batch.get("num_skipped", 0))  # a Python int from the collate function: no device sync
         if skipped:
             self.skipped_images += skipped
             self.print(f"skipped {skipped} unreadable image(s); {self.skipped_images} so far this run")
@@ -205,11 +281,12 @@ class BridgeModule(NetAuxOptimization):
         bs = batch["label"].shape[0]
         self.log("train/loss", out.loss, prog_bar=True, batch_size=bs)
         for k, v in out._asdict().items():
-            if k != "loss":
-                self.log(f"train/{k}", float(v), batch_size=bs)
+            if k != "loss" and v is not None:  # tensors are logged as they are: no host sync per step
+                self.log(f"train/{k}", v, batch_size=bs)
         if aux_loss is not None:
             self.log("train/aux_loss", aux_loss, batch_size=bs)
-        self.log("data/skipped_images", float(self.skipped_images), batch_size=bs)
+        if self.skipped_images:
+            self.log("data/skipped_images", float(self.skipped_images), batch_size=bs)
         return total
 
     def configure_optimizers(self) -> Any:
@@ -218,18 +295,27 @@ class BridgeModule(NetAuxOptimization):
     # -- validation: likelihood rate, three paths ---------------------------------------------------------
     @torch.no_grad()
     def evaluate_batch(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Per-sample top-1 of each path and PSNR of g_s(y_hat), and the batch bpp (likelihood estimate)."""
-        x, labels = batch["image"], batch["label"]
-        y_hat, likelihoods = self.codec.latent(x)
-        x_hat = self.codec.synthesize(y_hat)
-        embeddings = {
-            "uncompressed": self.teacher_embedding(batch["teacher_image"]),
-            self.method_path: self.method_embedding(y_hat),
-            "reconstruction": routes.decoded_image(self, x_hat),
-        }
-        out = {f"top1_{p}": zero_shot_correct(e, self.text_emb, labels) for p, e in embeddings.items()}
-        out["bpp"] = bits_per_pixel(likelihoods, x.shape[-2] * x.shape[-1])
-        out["psnr"] = psnr(x_hat, x)
+        """Per-sample top-1 of each path and PSNR of g_s(y_hat), and the batch bpp (likelihood estimate). From the
+        latent cache only the method's path runs: the other paths are constant while codec and teacher are frozen."""
+        labels = batch["label"]
+        if "y_hat" in batch:
+            y_hat = batch["y_hat"].float()
+            embeddings = {"uncompressed": batch["target"], "reconstruction": batch["recon"]}
+            bits, image_psnr = batch["bits"], batch["psnr"]
+        else:
+            x = batch["image"]
+            y_hat, likelihoods = self.codec.latent(x)
+            x_hat = self.codec.synthesize(y_hat)
+            embeddings = {
+                "uncompressed": self.teacher_embedding(batch["teacher_image"]),
+                "reconstruction": routes.decoded_image(self, x_hat),
+            }
+            bits = sum(-torch.log2(lk.clamp_min(1e-9)).flatten(1).sum(1) for lk in likelihoods.values())
+            image_psnr = psnr(x_hat, x)
+        embeddings[self.method_path] = self.method_embedding(y_hat)
+        out = {f"top1_{p}": zero_shot_correct(e.float(), self.text_emb, labels) for p, e in embeddings.items()}
+        out["bpp"] = bits.float() / (self.hparams.image_size**2)
+        out["psnr"] = image_psnr.float()
         return out
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
@@ -238,7 +324,7 @@ class BridgeModule(NetAuxOptimization):
             return
         bs = batch["label"].shape[0]
         for k, v in self.evaluate_batch(batch).items():
-            self.metrics[k].update(v, weight=bs if v.ndim == 0 else 1)
+            self.metrics[k].update(v)  # per-sample values: every image weighs the same
         for k, metric in self.metrics.items():
             prog = k == f"top1_{self.method_path}"
             self.log(f"val/{k}", metric, on_step=False, on_epoch=True, batch_size=bs, prog_bar=prog)
@@ -260,10 +346,9 @@ class BridgeModule(NetAuxOptimization):
             return
         x = batch["image"]
         lmbda = self.codec.lmbda
-        streams = [encode_image(self.codec, x[i : i + 1], lmbda) for i in range(x.shape[0])]
+        streams, coded = encode_batch(self.codec, x, lmbda)  # one network pass: bytes and the estimated rate
         y_hat = torch.cat([decode_latent(self.codec, s, lmbda)[0] for s in streams]).to(x.device)
-        likelihoods = self.codec.latent(x).likelihoods
-        bits_est = sum(-torch.log2(lk.clamp_min(1e-9)).flatten(1).sum(1) for lk in likelihoods.values())
+        bits_est = sum(-torch.log2(lk.clamp_min(1e-9)).flatten(1).sum(1) for lk in coded.likelihoods.values())
         x_hat = self.codec.synthesize(y_hat)
         embeddings = {
             "method": self.method_embedding(y_hat),

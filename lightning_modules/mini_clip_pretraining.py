@@ -52,7 +52,7 @@ class MiniClipPretraining(L.LightningModule):
         return loss
 
     def on_validation_epoch_start(self) -> None:
-        self.text_emb = self.vision.class_embeddings(self.classnames, self.templates)
+        self.text_emb = self.vision.class_embeddings(self.classnames, self.templates, cache=False)  # it trains
 
     @torch.no_grad()
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:

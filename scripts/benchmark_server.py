@@ -1,12 +1,17 @@
-"""Server-side cost per image (paper 4.4): the neck path against the Reconstruction path, side by side in one run.
+"""Server-side cost (paper 4.4): the neck path against the Reconstruction path, interleaved, on real images.
 
-    python scripts/benchmark_server.py                          # mini setup (random weights are fine for timing)
-    python scripts/benchmark_server.py experiment=paper_d1 codec.checkpoint=null vision.pretrained=null \
+    python scripts/benchmark_server.py                          # mini setup: Fashion-MNIST validation images
+    python scripts/benchmark_server.py experiment=paper_d1 data.root=/data/imagenet codec.checkpoint=... \
         +bench.device=cuda +bench.repeats=50                    # paper configuration, on a GPU
 
 neck path:           bytes -> entropy decode y_hat -> transform-neck -> encoder from block k -> embedding
 Reconstruction path: bytes -> entropy decode y_hat -> g_s -> resize/normalize -> full encoder -> embedding
-Also the entropy coder's encode and decode times. Prints medians over ``bench.repeats`` and the ratio.
+
+At batch 1 (latency) and batch ``bench.batch`` (throughput, default 32): the full paths from the bytes, and the
+networks alone from a decoded y_hat (the entropy decoder is the same in both paths and runs on the CPU, so it
+dilutes the full paths' ratio). The two paths alternate within every repeat (and which goes first alternates), so
+a machine slowing down or speeding up during the run affects both alike; medians over ``bench.repeats``. Images
+are the first of the validation split (``bench.images`` of them); random weights are fine for timing.
 """
 
 from __future__ import annotations
@@ -16,63 +21,88 @@ import time
 from collections.abc import Callable
 
 import torch
+from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from latentbridge import routes
 from latentbridge.cli import hydra_command
-from latentbridge.codecs.bitstream import decode_latent, encode_image
+from latentbridge.codecs.bitstream import decode_latent, encode_batch
 from latentbridge.runs import build_scenario
 
 
-def median_ms(fn: Callable[[], object], repeats: int, device: str) -> float:
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(repeats):
+def interleaved_ms(paths: dict[str, Callable[[], object]], repeats: int, device: str) -> dict[str, float]:
+    """Median milliseconds of each path, the paths alternating (order reversed every other repeat)."""
+
+    def timed(fn: Callable[[], object]) -> float:
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         t = time.perf_counter()
         fn()
         if device.startswith("cuda"):
             torch.cuda.synchronize()
-        times.append((time.perf_counter() - t) * 1e3)
-    return statistics.median(times)
+        return (time.perf_counter() - t) * 1e3
+
+    names = list(paths)
+    for name in names:  # warm-up
+        paths[name]()
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(repeats):
+        for name in names if r % 2 == 0 else reversed(names):
+            times[name].append(timed(paths[name]))
+    return {n: statistics.median(t) for n, t in times.items()}
 
 
 def benchmark(cfg: DictConfig) -> None:
     bench = cfg.get("bench") or {}
     device, repeats = str(bench.get("device", "cpu")), int(bench.get("repeats", 20))
+    batch = int(bench.get("batch", 32))
     torch.manual_seed(0)
     module = build_scenario(cfg).eval()
-    codec, vision, k = module.codec, module.vision, module.skip_blocks
+    codec, vision, k, lmbda = module.codec, module.vision, module.skip_blocks, cfg.codec.get("lmbda")
     codec.model.update(force=True)
-    size = int(cfg.data.image_size)
-    x = torch.rand(1, 3, size, size)
-    lmbda = cfg.codec.get("lmbda")
-    data = encode_image(codec, x, lmbda)
-    # the edge side: g_a + range coder, timed on the CPU before the server parts move to ``device``
-    rows = {"entropy encode (g_a + range coder)": median_ms(lambda: encode_image(codec, x, lmbda), repeats, "cpu")}
+    datamodule = instantiate(cfg.data)
+    images = next(iter(datamodule.split_dataloader("val", max(batch, int(bench.get("images", batch))))))["image"]
+    x = images[:batch]
+    streams, _ = encode_batch(codec, x, lmbda)
     module.to(device)
-
-    @torch.no_grad()
-    def neck_path() -> torch.Tensor:
-        return routes.neck(module, decode_latent(codec, data, lmbda)[0])
-
-    @torch.no_grad()
-    def reconstruction_path() -> torch.Tensor:
-        return routes.reconstruction(module, decode_latent(codec, data, lmbda)[0])
-
-    rows["entropy decode (range coder + h_s)"] = median_ms(lambda: decode_latent(codec, data, lmbda), repeats, device)
-    rows["neck path"] = median_ms(neck_path, repeats, device)
-    rows["Reconstruction path"] = median_ms(reconstruction_path, repeats, device)
     print(
-        f"server-side cost per image, {size}x{size}, codec {codec.name}, encoder {vision.name}, k={k}, "
-        f"device {device}, median of {repeats}"
+        f"server-side cost, {x.shape[-1]}x{x.shape[-2]} validation images, codec {codec.name}, encoder {vision.name}, "
+        f"k={k}, device {device}, median of {repeats} interleaved repeats"
     )
-    for name, ms in rows.items():
-        print(f"  {name:38s} {ms:9.2f} ms")
-    print(f"  Reconstruction / neck time ratio:      {rows['Reconstruction path'] / rows['neck path']:.2f}x")
-    print(f"  bitstream: {len(data)} bytes = {8 * len(data) / size**2:.4f} bpp")
+    print(f"  bitstreams: {sum(map(len, streams)) / len(streams):.0f} bytes per image on average")
+    for n in (1, batch):
+        data = streams[:n]
+
+        def decode(data: list[bytes] = data) -> torch.Tensor:
+            return torch.cat([decode_latent(codec, s, lmbda)[0] for s in data]).to(device)
+
+        with torch.no_grad():
+            y_hat = decode()
+            full = interleaved_ms(
+                {
+                    "neck": lambda: routes.neck(module, decode()),
+                    "reconstruction": lambda: routes.reconstruction(module, decode()),
+                    "entropy decode": decode,
+                },
+                repeats,
+                device,
+            )
+            nets = interleaved_ms(
+                {
+                    "neck": lambda y=y_hat: routes.neck(module, y),
+                    "reconstruction": lambda y=y_hat: routes.reconstruction(module, y),
+                },
+                repeats,
+                device,
+            )
+        print(f"  batch {n}:")
+        print(f"    entropy decode (range coder + h_s)   {full['entropy decode']:9.2f} ms")
+        for label, r in (("from the bytes", full), ("networks only", nets)):
+            print(
+                f"    {label:15s} neck {r['neck']:9.2f} ms   Reconstruction {r['reconstruction']:9.2f} ms   "
+                f"Reconstruction / neck {r['reconstruction'] / r['neck']:.2f}x   "
+                f"({1e3 * n / r['neck']:.0f} vs {1e3 * n / r['reconstruction']:.0f} images/s)"
+            )
 
 
 if __name__ == "__main__":

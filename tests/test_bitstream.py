@@ -42,8 +42,9 @@ def test_roundtrip_recovers_the_coded_latent_at_any_size(name, size):
     x = torch.rand(1, 3, *size)
     data = encode_image(codec, x, lmbda=0.01)
     y_hat, bs = decode_latent(codec, data, lmbda=0.01)
-    padded, pb, pr = pad_to_multiple(x)
-    assert (bs.height, bs.width, bs.pad_bottom, bs.pad_right) == (*size, pb, pr)
+    padded, _, _ = pad_to_multiple(x, codec.pad_multiple)
+    assert (bs.height, bs.width) == size
+    assert y_hat.shape[-2:] == (padded.shape[-2] // codec.stride, padded.shape[-1] // codec.stride)
     torch.testing.assert_close(y_hat, codec.latent(padded).y_hat, atol=1e-4, rtol=0)
     x_hat = decode_image(codec, data, lmbda=0.01)
     assert x_hat.shape == (1, 3, *size)
@@ -110,7 +111,7 @@ def test_forged_container_with_a_valid_checksum_decodes_without_crash_and_bad_si
     bs = Bitstream.from_bytes(encode_image(codec, torch.rand(1, 3, 64, 64), lmbda=0.01))
     bs.strings = [[b"\x00" * 3], bs.strings[1]]
     y_hat, _ = decode_latent(codec, bs.to_bytes(), lmbda=0.01)
-    assert y_hat.shape == (1, 24, 4, 4)
+    assert y_hat.shape == (1, 24, 64 // codec.stride, 64 // codec.stride)
     bs.height = 0
     with pytest.raises(BitstreamError, match="impossible image size"):
         decode_latent(codec, bs.to_bytes(), lmbda=0.01)
@@ -143,7 +144,7 @@ def test_cli_encodes_and_decodes_awkward_images_and_refuses_bad_files(tmp_path):
     assert res.returncode == 0, res.stderr
     assert Image.open(tmp_path / "rec" / "rgba.png").size == (90, 70)
     assert Image.open(tmp_path / "rec" / "tiny_grey.png").size == (5, 3)
-    assert torch.load(tmp_path / "rec" / "deep.latent.pt").shape == (1, 24, 4, 4)  # 40x30 pads to 64x64
+    assert torch.load(tmp_path / "rec" / "deep.latent.pt").shape == (1, 24, 6, 4)  # 40x30 pads to 48x32: stride 8
 
     (imgs / "truncated.png").write_bytes((imgs / "rgba.png").read_bytes()[:200])
     res = _cli("encode", "--codec", ckpt, imgs / "truncated.png", "-o", tmp_path / "bits")
@@ -164,3 +165,21 @@ def test_cli_encodes_and_decodes_awkward_images_and_refuses_bad_files(tmp_path):
     assert res.returncode == 2 and res.stderr.strip().splitlines()[-1].startswith(
         f"error: codec checkpoint: {imgs / 'rgba.png'} is not a readable checkpoint"
     )
+
+
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_a_batch_encodes_to_the_bytes_of_each_image_alone_with_the_estimate_of_the_same_pass(name):
+    """evaluate.py codes a batch at once: the bytes must not depend on the batch, and the tables converted once
+    must give compressai's own bytes."""
+    from latentbridge.codecs.bitstream import encode_batch
+
+    codec = _codec(name)
+    x = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    streams, coded = encode_batch(codec, x, lmbda=0.01)
+    assert streams == [encode_image(codec, x[i : i + 1], lmbda=0.01) for i in range(3)]
+    with torch.no_grad():
+        alone = codec.model.compress(x[:1])["strings"]
+    assert Bitstream.from_bytes(streams[0]).strings == [list(g) for g in alone]
+    live = codec.latent(x)
+    for key, lk in live.likelihoods.items():
+        torch.testing.assert_close(coded.likelihoods[key], lk)

@@ -27,7 +27,8 @@ def test_latent_is_the_y_hat_that_compress_codes(name):
     x = torch.rand(2, 3, 64, 128)
     with torch.no_grad():
         y_hat, likelihoods = codec.latent(x)
-        assert y_hat.shape == (2, SMALL[name]["M"], 4, 8)
+        s = CODECS[name].stride
+        assert y_hat.shape == (2, SMALL[name]["M"], 64 // s, 128 // s)
         assert codec.latent_channels == SMALL[name]["M"]
         codec.model.update(force=True)
         enc = codec.model.compress(x)
@@ -52,10 +53,12 @@ def test_unknown_codec_names_the_config_key():
         build_codec("nope")
 
 
-def test_input_not_multiple_of_64_is_rejected():
-    codec = build_codec("mini", arch=SMALL["mini"]).eval()
-    with pytest.raises(ValueError, match="divisible by 64"):
-        codec.latent(torch.rand(1, 3, 48, 64))
+@pytest.mark.parametrize(("name", "multiple"), [("mini", 16), ("bmshj2018-hyperprior", 64)])
+def test_input_not_a_multiple_of_the_codec_padding_is_rejected(name, multiple):
+    codec = build_codec(name, arch=SMALL[name]).eval()
+    assert codec.pad_multiple == multiple
+    with pytest.raises(ValueError, match=f"divisible by {multiple}"):
+        codec.latent(torch.rand(1, 3, multiple + 8, 2 * multiple))
 
 
 def test_checkpoint_roundtrip_and_wrong_architecture(tmp_path):
@@ -87,3 +90,13 @@ def test_missing_and_corrupt_checkpoints_are_one_line_errors(tmp_path):
 def test_zoo_without_network_is_a_clear_error():
     with pytest.raises(ConfigError, match="no weights for 'elic2022-chandelier'"):
         build_codec("elic2022-chandelier", zoo_quality=3)
+
+
+def test_under_bf16_autocast_the_entropy_model_stays_in_float32():
+    """trainer.precision=bf16-mixed: g_a may run in bf16, but rounding and likelihoods are float32."""
+    torch.manual_seed(0)
+    codec = build_codec("mini", arch=SMALL["mini"]).eval()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = codec.latent(torch.rand(2, 3, 32, 32))
+    assert out.y_hat.dtype == torch.float32
+    assert all(lk.dtype == torch.float32 for lk in out.likelihoods.values())

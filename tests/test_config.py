@@ -26,10 +26,12 @@ def test_paper_d1_matches_the_paper(tmp_path):
         assert cfg.scenario.skip_blocks == 2
         optimizer = {k: v for k, v in cfg.scenario.optimizer.items() if not k.startswith("_")}
         assert cfg.scenario.optimizer._target_ == "torch.optim.Adam" and cfg.scenario.optimizer._partial_
-        assert optimizer == {"lr": 1e-4, "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.0}
+        assert optimizer == {"lr": 1e-4, "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.0, "fused": True}
         assert cfg.scenario.scheduler._target_ == "torch.optim.lr_scheduler.MultiStepLR"
         assert list(cfg.scenario.scheduler.milestones) == [20] and cfg.scenario.scheduler.gamma == 0.1
-        assert cfg.trainer.max_epochs == 60 and cfg.trainer.limit_train_batches == 3337
+        assert (
+            cfg.trainer.max_epochs == 60 and cfg.epoch_samples == 3337 * 32 and cfg.trainer.limit_train_batches is None
+        )
 
 
 def test_paper_phase2_and_post_processing_match_the_paper(tmp_path):
@@ -140,4 +142,5 @@ def test_slurm_launcher_follows_the_trainer(tmp_path):
             8,
             8,
         )
-        assert cfg.trainer.strategy == "ddp" and cfg.trainer.accelerator == "gpu"
+        assert cfg.trainer.strategy._target_.endswith("DDPStrategy") and cfg.trainer.accelerator == "gpu"
+        assert cfg.trainer.strategy.broadcast_buffers is False  # constant buffers are not re-sent every step

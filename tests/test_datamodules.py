@@ -17,15 +17,30 @@ KW = {"image_size": 64, "teacher_image_size": 32, "batch_size": 4}
 @needs_fmnist
 def test_fashion_mnist_reads_the_debian_idx_files():
     dm = FashionMNISTDataModule(root=str(FMNIST), **KW)
-    assert len(dm.split("train")) == 60_000 and len(dm.split("val")) == 10_000
+    assert len(dm.split("train")) == 55_000 and len(dm.split("val")) == 5_000 and len(dm.split("test")) == 10_000
     assert dm.classnames == list(CLASSNAMES)
-    batch = next(iter(dm.val_dataloader()))
+    batch = next(iter(dm.test_dataloader()))
     assert batch["image"].shape == (4, 3, 64, 64) and batch["teacher_image"].shape == (4, 3, 32, 32)
     assert 0.0 <= batch["image"].min() and batch["image"].max() <= 1.0
     # grey converted to RGB: the three channels are equal
     assert torch.equal(batch["image"][:, 0], batch["image"][:, 1])
     # the first test label of Fashion-MNIST is 9 (ankle boot)
-    assert batch["label"][0].item() == 9 and batch["num_skipped"].item() == 0
+    assert batch["label"][0].item() == 9 and batch["num_skipped"] == 0
+
+
+@needs_fmnist
+def test_fashion_mnist_validation_is_carved_from_the_training_split():
+    """Validation never sees a test image: train and val partition the 60,000 training images, always the same way."""
+    dm, again = FashionMNISTDataModule(root=str(FMNIST), seed=1, **KW), FashionMNISTDataModule(root=str(FMNIST), **KW)
+    full = read_idx(FMNIST / "train-images-idx3-ubyte.gz")
+    train, val = dm.split("train").images, dm.split("val").images
+    assert len(train) + len(val) == len(full)
+    rows = {r.tobytes() for r in full.reshape(len(full), -1)}
+    assert all(r.tobytes() in rows for r in val.reshape(len(val), -1)[:200])
+    assert np.array_equal(val, again.split("val").images)  # independent of the run's seed
+    assert not np.array_equal(val[:100], read_idx(FMNIST / "t10k-images-idx3-ubyte.gz")[:100])
+    with pytest.raises(DataError, match="data.holdout: 0 is not between"):
+        FashionMNISTDataModule(root=str(FMNIST), holdout=0, **KW).split("val")
 
 
 def test_missing_root_names_the_key(tmp_path):
@@ -72,14 +87,14 @@ def test_image_folder_converts_grey_rgba_16bit_and_skips_unreadable_with_a_count
     assert len(dm.split("val")) == 5  # notes.txt is not an image file
     with caplog.at_level("WARNING"):
         batch = next(iter(dm.val_dataloader()))
-    assert batch["num_skipped"].item() == 1
+    assert batch["num_skipped"] == 1
     assert batch["image"].shape == (4, 3, 64, 64)
     assert batch["label"].tolist() == [0, 0, 1, 1]
     assert "truncated.png" in caplog.text
 
 
 def test_all_unreadable_batch_carries_only_the_count():
-    assert collate_skipping([None, None]) == {"num_skipped": torch.tensor(2)}
+    assert collate_skipping([None, None]) == {"num_skipped": 2}
 
 
 def test_classnames_file(tmp_path):

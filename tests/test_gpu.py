@@ -50,3 +50,16 @@ def test_evaluation_runs_on_the_gpu_and_equals_the_cpu_result(tmp_path):
     assert rows["cpu"]["images"] == rows["cuda"]["images"] == 32
     assert rows["cuda"]["method"]["top1"] == pytest.approx(rows["cpu"]["method"]["top1"], abs=1 / 32)
     assert rows["cuda"]["psnr"] == pytest.approx(rows["cpu"]["psnr"], abs=0.05)
+
+
+@pytest.mark.gpu
+@RunIf(min_gpus=1)
+def test_the_fast_d1_path_trains_on_a_gpu(tmp_path):
+    """The benchmark's fastest variant as a run: latent cache, bf16-mixed, compiled neck and blocks, channels_last
+    codec, fused Adam; the final validation is finite and the cache was used."""
+    overrides = [*TINY, "trainer=gpu", "trainer.precision=bf16-mixed", "trainer.max_epochs=2", "data.cache=true"]
+    overrides += ["scenario.compile=true", "codec.channels_last=true", "scenario.optimizer.fused=true"]
+    with hydra_cfg(overrides, tmp_path) as cfg:
+        results = train_run(cfg)
+    assert results["epochs"] == 2 and all(math.isfinite(v) for v in results["metrics"].values()), results
+    assert list((tmp_path / "cache" / "latents").rglob("signature.json"))

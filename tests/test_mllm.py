@@ -157,8 +157,8 @@ def test_lmms_eval_round_trip_on_a_tiny_local_task(tiny_llava, tiny_task, tiny_r
     score = out["results"]["tiny_vqa"]["exact_match,none"]
     assert 0.0 <= score <= 1.0 and len(out["samples"]["tiny_vqa"]) == 3
     recorded = json.loads(bits.read_text())
-    assert recorded["samples"] == 3 and all(r["pixels"] == 64 * 64 and r["bytes"] > 25 for r in recorded["records"])
-    assert recorded["bpp"] == sum(8 * r["bytes"] for r in recorded["records"]) / (3 * 64 * 64)
+    assert recorded["samples"] == 3 and all(r["pixels"] == 32 * 32 and r["bytes"] > 25 for r in recorded["records"])
+    assert recorded["bpp"] == sum(8 * r["bytes"] for r in recorded["records"]) / (3 * 32 * 32)
 
 
 def test_mllm_evaluate_joins_scores_and_bits_for_each_path(tiny_llava, tiny_task, tiny_run, tmp_path):

@@ -26,6 +26,7 @@ from compressai.ops import quantize_ste
 from compressai.registry import MODELS
 from torch import Tensor, nn
 
+from latentbridge.codecs.mini import MINI_MODEL
 from latentbridge.core.atomic_io import read_checkpoint
 from latentbridge.core.errors import CheckpointError, ConfigError
 
@@ -54,6 +55,7 @@ class CodecAdapter(nn.Module):
     stride: int = 16  # spatial downsampling from x to y_hat
     pad_multiple: int = 64  # compressai hyperprior codecs need H, W divisible by 64
     decoder: str = "model.g_s"  # the synthesis transform: unused and frozen in d3 (paper Table 1)
+    channels_last: bool = False  # convolutions in NHWC (faster on tensor cores)
 
     def __init__(self, model: CompressionModel, name: str, arch: dict[str, Any], lmbda: float | None = None) -> None:
         super().__init__()
@@ -66,15 +68,22 @@ class CodecAdapter(nn.Module):
     def latent_channels(self) -> int:
         return int(self.arch["M"])
 
-    def _latent(self, x: Tensor) -> LatentOutput:
+    def _code(self, y: Tensor) -> LatentOutput:
+        """The entropy model on y = g_a(x): the coded y_hat and its likelihoods (float32)."""
         raise NotImplementedError
 
     def latent(self, x: Tensor) -> LatentOutput:
-        """x in [0, 1], (B, 3, H, W) with H, W multiples of 64 -> coded y_hat (B, M, H/16, W/16)."""
+        """x in [0, 1], (B, 3, H, W) with H, W multiples of ``pad_multiple`` -> coded y_hat (B, M, H/s, W/s).
+        Under mixed precision the analysis transform runs in the autocast dtype and the entropy model (hyperprior,
+        quantization, likelihoods) in float32: rounding and probabilities in bf16 would code other values."""
         h, w = x.shape[-2:]
         if h % self.pad_multiple or w % self.pad_multiple:
             raise ValueError(f"codec '{self.name}' needs H and W divisible by {self.pad_multiple}, got {h}x{w}")
-        return self._latent(x)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        y = self.model.g_a(x)
+        with torch.autocast(x.device.type, enabled=False):
+            return self._code(y.float())
 
     def synthesize(self, y_hat: Tensor) -> Tensor:
         """x_hat = g_s(y_hat), clamped to [0, 1]."""
@@ -89,7 +98,7 @@ class CodecAdapter(nn.Module):
         return self.model.aux_loss()
 
     def compress(self, x: Tensor) -> dict[str, Any]:
-        """Entropy-code x (H, W multiples of 64): compressai's ``{"strings", "shape"}``.
+        """Entropy-code x (H, W multiples of ``pad_multiple``): compressai's ``{"strings", "shape"}``.
         Call ``model.update(force=True)`` once after training first."""
         out = self.model.compress(x)
         return {"strings": out["strings"], "shape": out["shape"]}
@@ -98,18 +107,33 @@ class CodecAdapter(nn.Module):
         """Entropy-decode y_hat only: what the server's transform-neck reads (no g_s, no pixels)."""
         raise NotImplementedError
 
+    @torch.no_grad()
+    def compress_batch(self, x: Tensor) -> tuple[list[list[list[bytes]]], LatentOutput]:
+        """A batch of equal-size images (H, W multiples of ``pad_multiple``) -> each image's strings (as
+        ``compress`` gives them for that image alone) and, from the same g_a pass, y_hat and the likelihoods (the
+        estimated rate). Call ``model.update(force=True)`` once after training first."""
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        y = self.model.g_a(x).float()
+        strings = self._compress_y(y)
+        per_image = [[[group[i]] for group in strings] for i in range(x.shape[0])]
+        return per_image, self._code(y)
+
+    def _compress_y(self, y: Tensor) -> list[list[bytes]]:
+        """compressai's ``compress`` after g_a: ``[y strings, z strings]`` (or the family's groups)."""
+        raise NotImplementedError
+
     def coded_shape(self, height: int, width: int) -> Any:
         """The ``shape`` compress() returns for a padded H x W image (derived, so bitstreams need not carry it):
-        the hyper-latent grid, H/64 x W/64."""
-        return torch.Size([height // 64, width // 64])
+        the hyper-latent grid (the padding multiple is the hyper-latent's stride)."""
+        return torch.Size([height // self.pad_multiple, width // self.pad_multiple])
 
 
 class HyperpriorAdapter(CodecAdapter):
     """Ballé et al. 2018 scale hyperprior (``bmshj2018-hyperprior``): y_hat = round(y)."""
 
-    def _latent(self, x: Tensor) -> LatentOutput:
+    def _code(self, y: Tensor) -> LatentOutput:
         m = self.model
-        y = m.g_a(x)
         z_hat, z_lik = m.entropy_bottleneck(m.h_a(torch.abs(y)))
         y_hat, y_lik = m.gaussian_conditional(y, m.h_s(z_hat))
         if self.training:
@@ -122,13 +146,20 @@ class HyperpriorAdapter(CodecAdapter):
         indexes = m.gaussian_conditional.build_indexes(m.h_s(z_hat))
         return m.gaussian_conditional.decompress(strings[0], indexes, z_hat.dtype)
 
+    def _compress_y(self, y: Tensor) -> list[list[bytes]]:
+        m = self.model
+        z = m.h_a(torch.abs(y))
+        z_strings = compress_bottleneck(m.entropy_bottleneck, z)
+        z_hat = m.entropy_bottleneck.decompress(z_strings, z.size()[-2:])
+        indexes = m.gaussian_conditional.build_indexes(m.h_s(z_hat))
+        return [entropy_compress(m.gaussian_conditional, y, indexes), z_strings]
+
 
 class MeanScaleAdapter(CodecAdapter):
     """Minnen et al. 2018 mean-scale hyperprior (``mbt2018-mean``, the mini codec): y_hat = round(y - mu) + mu."""
 
-    def _latent(self, x: Tensor) -> LatentOutput:
+    def _code(self, y: Tensor) -> LatentOutput:
         m = self.model
-        y = m.g_a(x)
         z_hat, z_lik = m.entropy_bottleneck(m.h_a(y))
         scales, means = m.h_s(z_hat).chunk(2, 1)
         y_hat, y_lik = m.gaussian_conditional(y, scales, means=means)
@@ -143,21 +174,69 @@ class MeanScaleAdapter(CodecAdapter):
         indexes = m.gaussian_conditional.build_indexes(scales)
         return m.gaussian_conditional.decompress(strings[0], indexes, means=means)
 
+    def _compress_y(self, y: Tensor) -> list[list[bytes]]:
+        m = self.model
+        z = m.h_a(y)
+        z_strings = compress_bottleneck(m.entropy_bottleneck, z)
+        z_hat = m.entropy_bottleneck.decompress(z_strings, z.size()[-2:])
+        scales, means = m.h_s(z_hat).chunk(2, 1)
+        indexes = m.gaussian_conditional.build_indexes(scales)
+        return [entropy_compress(m.gaussian_conditional, y, indexes, means), z_strings]
+
 
 class ElicAdapter(CodecAdapter):
     """ELIC (He et al. 2022; paper 4.1): uneven channel groups + checkerboard context in a latent codec.
     compressai's latent codecs already return a straight-through rounded y_hat in train mode."""
 
-    def _latent(self, x: Tensor) -> LatentOutput:
-        out = self.model.latent_codec(self.model.g_a(x))
+    def _code(self, y: Tensor) -> LatentOutput:
+        out = self.model.latent_codec(y)
         return LatentOutput(out["y_hat"], _flatten_likelihoods(out["likelihoods"]))
 
     def decompress_latent(self, strings: list[list[bytes]], shape: Any) -> Tensor:
         return self.model.latent_codec.decompress(strings, shape)["y_hat"]
 
+    def _compress_y(self, y: Tensor) -> list[list[bytes]]:
+        return self.model.latent_codec.compress(y)["strings"]
+
     def coded_shape(self, height: int, width: int) -> Any:
-        grid = (height // 16, width // 16)
+        grid = (height // self.stride, width // self.stride)
         return {"y": [torch.Size([g, *grid]) for g in self.model.groups], "hyper": super().coded_shape(height, width)}
+
+
+def _coder_tables(model: Any) -> tuple[list, list, list]:
+    """An entropy model's CDF tables as the range coder takes them, converted once per table update (compressai
+    converts them for every image: ~40% of the y coding time of one image)."""
+    cdf = model._quantized_cdf
+    key = (cdf.data_ptr(), tuple(cdf.shape), int(cdf.sum()), int(model._offset.sum()))  # update() replaces them
+    cached = model.__dict__.get("_latentbridge_tables")
+    if cached is None or cached[0] != key:
+        tables = (
+            model._quantized_cdf.tolist(),
+            model._cdf_length.reshape(-1).int().tolist(),
+            model._offset.reshape(-1).int().tolist(),
+        )
+        model.__dict__["_latentbridge_tables"] = cached = (key, tables)
+    return cached[1]
+
+
+def entropy_compress(model: Any, inputs: Tensor, indexes: Tensor, means: Tensor | None = None) -> list[bytes]:
+    """compressai's ``EntropyModel.compress`` (same symbols, same coder calls, same bytes) with the tables
+    converted once."""
+    symbols = model.quantize(inputs, "symbols", means)
+    cdf, lengths, offsets = _coder_tables(model)
+    return [
+        model.entropy_coder.encode_with_indexes(
+            symbols[i].reshape(-1).int().tolist(), indexes[i].reshape(-1).int().tolist(), cdf, lengths, offsets
+        )
+        for i in range(symbols.size(0))
+    ]
+
+
+def compress_bottleneck(model: Any, z: Tensor) -> list[bytes]:
+    """compressai's ``EntropyBottleneck.compress`` through ``entropy_compress``."""
+    indexes = model._build_indexes(z.size())
+    medians = model._extend_ndims(model._get_medians().detach(), len(z.size()) - 2)
+    return entropy_compress(model, z, indexes, medians.expand(z.size(0), *([-1] * (len(z.size()) - 1))))
 
 
 def _flatten_likelihoods(lk: dict[str, Any], prefix: str = "") -> dict[str, Tensor]:
@@ -180,6 +259,8 @@ class CodecSpec:
     codec_id: int
     arch: dict[str, Any] = field(default_factory=dict)
     zoo: str | None = None
+    stride: int = 16  # x -> y_hat
+    pad_multiple: int = 64  # x -> z_hat: inputs must be multiples of it
 
     @property
     def model_cls(self) -> Callable[..., CompressionModel]:
@@ -188,8 +269,9 @@ class CodecSpec:
 
 
 CODECS: dict[str, CodecSpec] = {
-    # The mini codec: a small mean-scale hyperprior trained here on Fashion-MNIST (README, "mini setup").
-    "mini": CodecSpec("mbt2018-mean", MeanScaleAdapter, 1, {"N": 48, "M": 64}),
+    # The mini codec: a small stride-8 mean-scale hyperprior trained here on Fashion-MNIST (README, "mini setup").
+    # Id 1 was the stride-16 mini of earlier releases; its streams are refused, not misread.
+    "mini": CodecSpec(MINI_MODEL, MeanScaleAdapter, 6, {"N": 48, "M": 64}, stride=8, pad_multiple=16),
     "bmshj2018-hyperprior": CodecSpec(
         "bmshj2018-hyperprior", HyperpriorAdapter, 2, {"N": 128, "M": 192}, "bmshj2018-hyperprior"
     ),
@@ -222,11 +304,13 @@ def build_codec(
     zoo_quality: int | None = None,
     zoo_metric: str = "mse",
     lmbda: float | None = None,
+    channels_last: bool = False,
     **_: Any,
 ) -> CodecAdapter:
     """Build a codec adapter: from ``checkpoint`` (local file), else the compressai zoo, else random init.
 
-    ``lmbda`` names the rate point; extra keys (preparation settings) belong to the config group.
+    ``lmbda`` names the rate point; ``channels_last`` puts the convolutions in NHWC (GPU tensor cores); extra
+    keys (preparation settings) belong to the config group.
     """
     spec = codec_spec(name)
     arch = {**spec.arch, **dict(arch or {})}
@@ -243,11 +327,20 @@ def build_codec(
                 f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); offline? use codec.checkpoint"
             ) from None
         arch = {"N": model.N if hasattr(model, "N") else arch["N"], "M": model.M if hasattr(model, "M") else arch["M"]}
-        return spec.adapter_cls(model, name, arch, lmbda)
+        return _adapter(spec, model, name, arch, lmbda)
     model = spec.model_cls(**arch)
-    adapter = spec.adapter_cls(model, name, arch, lmbda)
+    adapter = _adapter(spec, model, name, arch, lmbda)
     if checkpoint is not None:
         load_codec_weights(adapter, checkpoint)
+    if channels_last:
+        adapter.model.to(memory_format=torch.channels_last)
+        adapter.channels_last = True
+    return adapter
+
+
+def _adapter(spec: CodecSpec, model: CompressionModel, name: str, arch: dict[str, Any], lmbda: float | None):
+    adapter = spec.adapter_cls(model, name, arch, lmbda)
+    adapter.stride, adapter.pad_multiple = spec.stride, spec.pad_multiple
     return adapter
 
 

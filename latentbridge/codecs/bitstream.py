@@ -5,8 +5,9 @@ Layout (big-endian; about 25 bytes of overhead, which matters at the low rates o
     magic b"LB" | version u8 | codec id u8 | config hash 4 bytes | lambda float32 | height u16 | width u16
     | number of entropy models u8 | per model: number of strings u8, each string's length (LEB128 varint)
     | payload (compressai's strings) | CRC-32 u32 of all before
-The padding (bottom / right, to a multiple of 64) and the latent shapes follow from the size and the codec, so
-they are derived, not stored. Every check runs before entropy decoding: a damaged or foreign file is refused.
+The padding (bottom / right, to the codec's ``pad_multiple``) and the latent shapes follow from the size and
+the codec, so they are derived, not stored. Every check runs before entropy decoding: a damaged or foreign file
+is refused.
 """
 
 from __future__ import annotations
@@ -66,14 +67,6 @@ class Bitstream:
     height: int
     width: int
     strings: list[list[bytes]]
-
-    @property
-    def pad_bottom(self) -> int:
-        return (-self.height) % 64
-
-    @property
-    def pad_right(self) -> int:
-        return (-self.width) % 64
 
     def to_bytes(self) -> bytes:
         if len(self.strings) > 255 or any(len(g) > 255 for g in self.strings):
@@ -163,6 +156,21 @@ def encode_image(codec: CodecAdapter, x: Tensor, lmbda: float | None) -> bytes:
     return bs.to_bytes()
 
 
+@torch.no_grad()
+def encode_batch(codec: CodecAdapter, x: Tensor, lmbda: float | None) -> tuple[list[bytes], Any]:
+    """A batch of equal-size images (B, 3, H, W) -> each image's bytes (identical to ``encode_image`` of that image
+    alone) and, from the same network pass, the coded latent and its likelihoods (``LatentOutput``)."""
+    if x.ndim != 4 or x.shape[1] != 3:
+        raise ValueError(f"encode_batch takes RGB images (B, 3, H, W), got {tuple(x.shape)}")
+    h, w = x.shape[-2:]
+    if not (0 < h <= 65535 and 0 < w <= 65535):
+        raise ValueError(f"image size {h}x{w} is outside the bitstream's 1..65535 range")
+    padded, _, _ = pad_to_multiple(x, codec.pad_multiple)
+    strings, latent = codec.compress_batch(padded)
+    head = (CODEC_IDS[codec.name], codec_config_hash(codec.name, codec.arch, lmbda), _as_f32(lmbda), h, w)
+    return [Bitstream(*head, [list(g) for g in s]).to_bytes() for s in strings], latent
+
+
 def _shape_key(shape: Any) -> Any:
     if isinstance(shape, dict):
         return {k: _shape_key(v) for k, v in shape.items()}
@@ -190,7 +198,8 @@ def parse_for(codec: CodecAdapter, data: bytes, lmbda: float | None) -> Bitstrea
 def decode_latent(codec: CodecAdapter, data: bytes, lmbda: float | None) -> tuple[Tensor, Bitstream]:
     """Bytes -> y_hat (of the padded image) without any pixels: the neck path's input."""
     bs = parse_for(codec, data, lmbda)
-    shape = codec.coded_shape(bs.height + bs.pad_bottom, bs.width + bs.pad_right)
+    m = codec.pad_multiple
+    shape = codec.coded_shape(bs.height + (-bs.height) % m, bs.width + (-bs.width) % m)
     try:
         return codec.decompress_latent(bs.strings, shape), bs
     except (RuntimeError, ValueError, IndexError, KeyError, TypeError) as e:

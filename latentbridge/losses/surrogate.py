@@ -6,6 +6,9 @@
   written); ``similarity="reference"`` is what the reference code does (un-normalized image embedding times
   normalized text weights, no scale).
 - Progressive schedule (Eq. 4): CE only before E1, alpha*CE + beta*dist until E2, dist only after.
+- Beyond the paper, off by default (``token_weight=0``): token-level distillation, the transform-neck's tokens
+  entering block k matched to the teacher's hidden states after block k (all tokens, ``losses/token.py``), added
+  with a constant weight at every epoch.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from latentbridge.core.errors import ConfigError
+from latentbridge.losses.token import token_distortion
 
 
 class SurrogateLossOutput(NamedTuple):
@@ -26,6 +30,7 @@ class SurrogateLossOutput(NamedTuple):
     dist: Tensor
     ce_weight: float
     dist_weight: float
+    tokens: Tensor | None = None
 
 
 class ProgressiveSchedule(NamedTuple):
@@ -67,11 +72,19 @@ class SurrogateLoss(nn.Module):
         beta: float = 100.0,
         similarity: Literal["cosine", "reference"] = "cosine",
         logit_scale: float = 1.0,
+        token_weight: float = 0.0,
     ) -> None:
         super().__init__()
         if similarity not in ("cosine", "reference"):
             raise ConfigError(f"loss.similarity: unknown similarity '{similarity}' (cosine, reference)")
-        for key, value in (("e1", e1), ("e2", e2), ("alpha", alpha), ("beta", beta), ("logit_scale", logit_scale)):
+        for key, value in (
+            ("e1", e1),
+            ("e2", e2),
+            ("alpha", alpha),
+            ("beta", beta),
+            ("logit_scale", logit_scale),
+            ("token_weight", token_weight),
+        ):
             if not value >= 0:
                 raise ConfigError(f"loss.{key}: {value} is negative")
         if e2 < e1:
@@ -79,16 +92,32 @@ class SurrogateLoss(nn.Module):
         self.schedule = ProgressiveSchedule(e1, e2, alpha, beta)
         self.similarity = similarity
         self.logit_scale = logit_scale
+        self.token_weight = float(token_weight)
 
     def forward(
-        self, student: Tensor, teacher: Tensor, text_emb: Tensor, labels: Tensor, epoch: int
+        self,
+        student: Tensor,
+        teacher: Tensor,
+        text_emb: Tensor,
+        labels: Tensor,
+        epoch: int,
+        student_tokens: Tensor | None = None,
+        teacher_tokens: Tensor | None = None,
     ) -> SurrogateLossOutput:
-        """student = C'(T(y_hat)), teacher = C(x) (no gradient), text_emb (m, D) normalized, labels (B,)."""
+        """student = C'(T(y_hat)), teacher = C(x) (no gradient), text_emb (m, D) normalized, labels (B,); with
+        ``token_weight``: the neck's tokens and the teacher's tokens after block k, (B, 1 + HW, width)."""
         ce = F.cross_entropy(class_logits(student, text_emb, self.similarity, self.logit_scale), labels)
         dist = F.mse_loss(student, teacher.detach())
         w_ce, w_dist = self.schedule.weights(epoch)
         loss = w_ce * ce + w_dist * dist
-        return SurrogateLossOutput(loss, ce.detach(), dist.detach(), w_ce, w_dist)
+        tokens = None
+        if self.token_weight:
+            if student_tokens is None or teacher_tokens is None:
+                raise ValueError("loss.token_weight > 0 needs the neck's and the teacher's tokens")
+            tokens = token_distortion(student_tokens, teacher_tokens)
+            loss = loss + self.token_weight * tokens
+            tokens = tokens.detach()
+        return SurrogateLossOutput(loss, ce.detach(), dist.detach(), w_ce, w_dist, tokens)
 
 
 __all__ = ["ProgressiveSchedule", "SurrogateLoss", "SurrogateLossOutput", "class_logits"]

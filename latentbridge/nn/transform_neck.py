@@ -40,7 +40,7 @@ class TransformNeck(nn.Module):
         if tuple(y_hat.shape[-2:]) != self.grid_size:
             raise ValueError(
                 f"transform-neck expects a {self.grid_size[0]}x{self.grid_size[1]} latent grid, got "
-                f"{y_hat.shape[-2]}x{y_hat.shape[-1]} (the input size sets the grid: data.image_size / 16)"
+                f"{y_hat.shape[-2]}x{y_hat.shape[-1]} (data.image_size / the codec's stride sets the grid)"
             )
         x = self.proj(y_hat.flatten(2).transpose(1, 2))  # (B, H*W, width)
         cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)

@@ -20,9 +20,11 @@ from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from torch import Tensor, nn
 
 from latentbridge.core.atomic_io import read_checkpoint
+from latentbridge.core.digest import state_digest
 from latentbridge.core.errors import CheckpointError, ConfigError
 
 TEACHER_FORMAT = "latentbridge-clip/1"
+_CLASS_EMBEDDINGS: dict[tuple, Tensor] = {}  # class_embeddings of frozen text towers, per process
 
 
 class Geometry(NamedTuple):
@@ -133,9 +135,20 @@ class VisionEncoder(nn.Module):
         return self.clip.encode_text(self.tokenizer(list(texts)).to(device), normalize=True)
 
     @torch.no_grad()
-    def class_embeddings(self, classnames: Sequence[str], templates: Sequence[str]) -> Tensor:
-        """(m, D) normalized class embeddings, each the mean over the templates (open_clip's zero-shot recipe)."""
+    def class_embeddings(self, classnames: Sequence[str], templates: Sequence[str], cache: bool = True) -> Tensor:
+        """(m, D) normalized class embeddings, each the mean over the templates (open_clip's zero-shot recipe).
+        Kept per (text tower weights, class list, templates) in this process (ImageNet: 80,000 prompts once, not
+        once per stage and per evaluated rate point); ``cache=False`` while the text tower trains."""
         device = self.clip.logit_scale.device
+        if not cache:
+            return self._class_embeddings(classnames, templates, device)
+        key = (self.name, state_digest(self.clip), tuple(classnames), tuple(templates))
+        if key not in _CLASS_EMBEDDINGS:
+            _CLASS_EMBEDDINGS[key] = self._class_embeddings(classnames, templates, device).cpu()
+        with torch.inference_mode(False):  # usable by autograd even when first computed inside validation
+            return _CLASS_EMBEDDINGS[key].to(device).clone()
+
+    def _class_embeddings(self, classnames: Sequence[str], templates: Sequence[str], device: Any) -> Tensor:
         w = open_clip.build_zero_shot_classifier(self.clip, self.tokenizer, classnames, templates, device=device)
         return w.t().contiguous()
 

@@ -65,7 +65,7 @@ def open_rate_point(run_dir: Path, cfg: DictConfig) -> tuple[FinishedRun, Any]:
     """A finished run's module and its datamodule on the test split (``limit`` images, ``batch_size``)."""
     from hydra.utils import instantiate
 
-    run = open_run(run_dir, "runs", data={"val_subset": cfg.limit, "eval_batch_size": cfg.batch_size})
+    run = open_run(run_dir, "runs", data={"test_subset": cfg.limit, "eval_batch_size": cfg.batch_size})
     datamodule = instantiate(run.config.data)
     run.module.set_classes(datamodule.classnames, datamodule.templates)
     return run, datamodule
@@ -100,7 +100,7 @@ def evaluate_anchor(run: FinishedRun, datamodule: Any, name: str, quality: int, 
 
 @torch.no_grad()
 def evaluate_kodak(run: FinishedRun, folder: Path) -> dict[str, Any]:
-    """Full-size reconstruction quality on a folder of images (any sizes; padded to 64 and cropped)."""
+    """Full-size reconstruction quality on a folder of images (any sizes; padded and cropped)."""
     codec, lmbda = run.module.codec, run.lmbda
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp", ".tif"))
     if not files:

@@ -140,11 +140,26 @@ def plot_figures(cfg: DictConfig, rows: list[dict[str, Any]]) -> dict[str, str]:
     return plots
 
 
+def premise_of(cfg: DictConfig) -> dict[str, Any]:
+    """The premise (``analysis/premise.py``) from the reference run's final validation at each rate point."""
+    from latentbridge.analysis.premise import premise
+
+    points = {}
+    for lmbda in cfg.plan.rates:
+        results = run_dir(cfg, cfg.plan.reference_run, lmbda) / "results.json"
+        if results.is_file():
+            metrics = json.loads(results.read_text()).get("metrics") or {}
+            if "top1_uncompressed" in metrics and "top1_reconstruction" in metrics:
+                points[float(lmbda)] = metrics
+    return premise(points)
+
+
 def reproduce(cfg: DictConfig) -> dict[str, Any]:
     """Train, evaluate, plot and check every run of the plan; results.json / results.csv in ``out_dir``."""
     from rich.console import Console
 
     from latentbridge.analysis.findings import check_findings, print_findings
+    from latentbridge.analysis.premise import print_premise
     from latentbridge.analysis.report import print_table, write_csv
 
     started = time.time()
@@ -155,8 +170,10 @@ def reproduce(cfg: DictConfig) -> dict[str, Any]:
     rows = evaluate_all(cfg, todo)
     plots = plot_figures(cfg, rows)
     findings = check_findings(cfg, rows)
+    checked_premise = premise_of(cfg)
     results = {
         "plan": cfg.plan.name,
+        "premise": checked_premise,
         "rows": rows,
         "plots": plots,
         "findings": findings,
@@ -165,6 +182,7 @@ def reproduce(cfg: DictConfig) -> dict[str, Any]:
     atomic_write_json(out / "results.json", results)
     write_csv(out / "results.csv", rows)
     print_table(rows, Console(width=160))
+    print_premise(checked_premise)
     print_findings(findings)
     print(f"results: {out / 'results.json'} and results.csv; figures: {', '.join(plots.values())}")
     print(f"wall time: {results['wall_time_s']['total']:.0f} s (training {trained_s:.0f} s)")

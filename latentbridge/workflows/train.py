@@ -97,6 +97,7 @@ def build_callbacks(cfg: DictConfig, module: Any, has_logger: bool) -> list[Any]
 
 def check_batches(datamodule: Any, trainer: Any) -> None:
     """Refuse a run that could not take a single training step: each rank drops its incomplete last batch."""
+    datamodule = getattr(datamodule, "base", datamodule)  # a latent cache counts the images it is built from
     batch_size = getattr(datamodule, "batch_size", None)
     if not batch_size:
         return
@@ -106,6 +107,59 @@ def check_batches(datamodule: Any, trainer: Any) -> None:
             f"data.batch_size: {batch_size} is more than the {images} training images give each of "
             f"{trainer.world_size} process(es); no training step could be taken (incomplete batches are dropped)"
         )
+
+
+def latent_cache_dir(cfg: DictConfig, datamodule: Any, module: Any) -> Path:
+    """``data.cache_dir``, or one directory per (codec, rate point, teacher, their weights, images, cached fields)
+    under ``paths.cache_dir/latents``: a retrained codec or teacher gets a new cache, never a stale one. The
+    signature inside a cache refuses any other use of it (e.g. an explicit ``data.cache_dir`` of another run)."""
+    from latentbridge.core.digest import json_digest
+
+    if cfg.data.get("cache_dir"):
+        return Path(cfg.data.cache_dir)
+    key = {
+        "data": datamodule.signature(),
+        "train": datamodule.train_subset,
+        "val": datamodule.val_subset,
+        "fields": [module.cache_fields(s) for s in ("train", "val")],
+        "skip": module.skip_blocks if getattr(module.loss_fn, "token_weight", 0.0) else None,
+        "dtype": datamodule.cache_dtype,
+        "weights": [module.cache_signature()[k] for k in ("codec_weights", "vision_weights")],
+    }
+    name = f"{cfg.codec.name}-lambda{cfg.codec.lmbda}"
+    return Path(cfg.paths.cache_dir) / "latents" / name / str(cfg.vision.model_name) / json_digest(key)
+
+
+def with_latent_cache(cfg: DictConfig, datamodule: Any, module: Any) -> Any:
+    """The datamodule served from the latent cache (``data.cache=true``)."""
+    from datamodules.latent_cache import LatentCacheDataModule
+
+    return LatentCacheDataModule(
+        datamodule,
+        module,
+        latent_cache_dir(cfg, datamodule, module),
+        dtype=datamodule.cache_dtype,
+        shard_size=datamodule.cache_shard_size,
+        seed=cfg.seed,
+    )
+
+
+def set_epoch_length(cfg: DictConfig, datamodule: Any, trainer: Any) -> None:
+    """``epoch_samples``: an epoch is this many training samples over all processes, whatever the number of
+    devices (``trainer.limit_train_batches`` counts batches per process: with 8 GPUs an "epoch" of 3,337 batches
+    would be 8x the paper's, at an unchanged learning rate and schedule)."""
+    samples = cfg.get("epoch_samples")
+    if samples is None:
+        return
+    if cfg.trainer.get("limit_train_batches") is not None:
+        raise ConfigError("epoch_samples: set it or trainer.limit_train_batches, not both")
+    per_step = datamodule.batch_size * trainer.world_size * int(cfg.trainer.get("accumulate_grad_batches") or 1)
+    if samples < per_step:
+        raise ConfigError(
+            f"epoch_samples: {samples} is less than one step ({datamodule.batch_size} x {trainer.world_size} "
+            "process(es))"
+        )
+    trainer.limit_train_batches = int(samples) // (datamodule.batch_size * trainer.world_size)
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -134,12 +188,15 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         atomic_write_bytes(config_file(out_dir), OmegaConf.to_yaml(cfg).encode())  # open_run reads it
     datamodule = instantiate(cfg.data)
     module = build_scenario(cfg)
+    if getattr(datamodule, "cache", False):
+        datamodule = with_latent_cache(cfg, datamodule, module)
     loggers = [instantiate(node) for node in (cfg.get("logger") or {}).values() if node is not None]
     callbacks = build_callbacks(cfg, module, has_logger=bool(loggers))
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     for lg in loggers:
         lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
+    set_epoch_length(cfg, datamodule, trainer)
     check_batches(datamodule, trainer)
     ckpt_path = cfg.get("ckpt_path")
     if ckpt_path is not None:  # missing, unreadable or unsafe (a pickled payload): one line before Lightning loads it

@@ -24,6 +24,7 @@ TINY_D1 = [
     "trainer.max_epochs=1",
     "trainer.log_every_n_steps=1",
     "trainer.enable_model_summary=false",
+    "epoch_samples=null",
 ]
 # TINY_D1 without an epoch count or subsets: for phase 2 and the presets, which set their own.
 TINY = [o for o in TINY_D1 if not o.startswith("trainer.max_epochs")] + [

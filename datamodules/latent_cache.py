@@ -1,0 +1,291 @@
+"""The latent cache: per image, what a frozen codec and a frozen teacher give, computed once (issue: fast training).
+
+Paper preprocessing is deterministic (Resize + CenterCrop), so while the codec and the teacher are frozen (d1, the
+skip and loss ablations, Post-processing) every epoch recomputes the same coded latent y_hat and the same target
+C(x). The cache stores them once, per image: ``y_hat`` (``dtype``), ``target`` = C(x), label and dataset index;
+for validation also the constant paths (Reconstruction embedding, likelihood bits, PSNR), so validation runs only
+the method's path each epoch; with token distillation the teacher's tokens after block k.
+
+Storage is litdata's (``BinaryWriter`` chunks, ``StreamingDataset`` to read them: shuffling, DDP and multi-node
+partitioning, mid-epoch resume; the same directory can live on object storage). Layout of one split::
+
+    <dir>/<split>/shard-00000/{chunk-*.bin,index.json}   # one shard = ``shard_size`` images, written to a
+    <dir>/<split>/shard-00001/...                        #   temporary dir and renamed when complete
+    <dir>/<split>/index.json                             # every shard's chunks (written after the last shard)
+    <dir>/<split>/signature.json                         # what it was built from (written last: the cache is
+                                                         #   complete iff this exists)
+
+A build killed midway resumes at the first missing shard; a half-written shard is a ``.tmp`` dir that is never read.
+A cache whose signature differs from the run's (another codec, teacher, dataset or preprocessing) is refused with
+a one-line error naming the field; a missing or truncated chunk is an error naming the file.
+Phase 2 (d2, d3) trains the codec, so its latents change every step: the cache does not apply (refused).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Subset
+
+from datamodules.classification import ClassificationDataModule, collate_skipping
+from latentbridge.core.atomic_io import atomic_write_json
+from latentbridge.core.digest import json_digest
+from latentbridge.core.errors import ConfigError, DataError
+
+log = logging.getLogger("latentbridge")
+
+CACHE_FORMAT = "latentbridge-latent-cache/1"
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def _subset_indices(ds: Any) -> list[int] | None:
+    return list(ds.indices) if isinstance(ds, Subset) else None
+
+
+class LatentCacheSplit:
+    """One split of the cache: build it (resumably) and open it for reading."""
+
+    def __init__(self, root: Path, split: str, signature: dict[str, Any]) -> None:
+        self.dir = Path(root) / split
+        self.split = split
+        self.signature = signature
+
+    @property
+    def complete(self) -> bool:
+        return (self.dir / "signature.json").is_file()
+
+    def check(self) -> None:
+        """Refuse a cache built from anything else; a missing or truncated chunk names the file."""
+        sig_file = self.dir / "signature.json"
+        try:
+            theirs = json.loads(sig_file.read_text())
+        except (OSError, ValueError) as e:
+            raise DataError(f"data.cache_dir: {sig_file} is unreadable ({type(e).__name__})") from None
+        diff = _difference(theirs, self.signature)
+        if diff is not None:
+            key, was, now = diff
+            raise DataError(
+                f"data.cache_dir: {self.dir} was built for {key}={_short(was)}, this run has {key}={_short(now)}; "
+                "delete it or point data.cache_dir elsewhere"
+            )
+        index_file = self.dir / "index.json"
+        try:
+            index = json.loads(index_file.read_text())
+        except (OSError, ValueError) as e:
+            raise DataError(f"data.cache_dir: {index_file} is missing or corrupt ({type(e).__name__})") from None
+        for chunk in index["chunks"]:
+            path = self.dir / chunk["filename"]
+            if not path.is_file():
+                raise DataError(f"data.cache_dir: chunk {path} is missing")
+            if path.stat().st_size != chunk["chunk_bytes"]:
+                raise DataError(
+                    f"data.cache_dir: chunk {path} is corrupt ({path.stat().st_size} bytes, index says "
+                    f"{chunk['chunk_bytes']})"
+                )
+
+    @torch.no_grad()
+    def build(self, module: Any, loader: DataLoader, shard_batches: int, dtype: torch.dtype, device: Any) -> None:
+        """Write the missing shards (``shard_batches`` loader batches each), then the index and the signature."""
+        from litdata.streaming.writer import BinaryWriter
+
+        self.dir.mkdir(parents=True, exist_ok=True)
+        fields = module.cache_fields(self.split)
+        started, written, skipped = time.time(), 0, 0
+        batches = iter(loader)
+        shard = 0
+        while True:
+            final = self.dir / f"shard-{shard:05d}"
+            if final.is_dir():  # finished by an earlier, interrupted build: skip its batches without computing
+                n = json.loads((final / "meta.json").read_text())["batches"]
+                for _ in range(n):
+                    next(batches, None)
+                shard += 1
+                continue
+            tmp = self.dir / f".shard-{shard:05d}.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            writer, n = None, 0
+            for batch in batches:
+                n += 1
+                skipped += int(batch["num_skipped"])
+                if "label" in batch:
+                    writer = writer or BinaryWriter(str(tmp), chunk_bytes="64MB")
+                    values = module.cache_batch(_to(batch, device), self.split)
+                    values = {
+                        f: values[f].detach().to("cpu", dtype if f in ("y_hat", "tokens") else torch.float32)
+                        for f in fields
+                    }
+                    for i in range(batch["label"].shape[0]):
+                        item = {"index": int(batch["index"][i]), "label": int(batch["label"][i])}
+                        item.update({f: values[f][i].clone() for f in fields})
+                        writer.add_item(written, item)
+                        written += 1
+                if n == shard_batches:
+                    break
+            if n == 0:
+                break
+            if writer is not None:
+                writer.done()
+                writer.merge()
+            else:
+                tmp.mkdir(parents=True)
+            atomic_write_json(tmp / "meta.json", {"batches": n})
+            os.replace(tmp, final)  # a shard is visible only when complete
+            shard += 1
+            if n < shard_batches:
+                break
+        self._write_index()
+        atomic_write_json(self.dir / "signature.json", self.signature)
+        log.info(
+            "latent cache %s: %d images in %.0f s (%d unreadable skipped) -> %s",
+            self.split,
+            written,
+            time.time() - started,
+            skipped,
+            self.dir,
+        )
+
+    def _write_index(self) -> None:
+        chunks, config = [], None
+        for shard in sorted(self.dir.glob("shard-*")):
+            index_file = shard / "index.json"
+            if not index_file.is_file():  # a shard of unreadable images only
+                continue
+            index = json.loads(index_file.read_text())
+            config = config or index["config"]
+            chunks += [{**c, "filename": f"{shard.name}/{c['filename']}"} for c in index["chunks"]]
+        if config is None:
+            raise DataError(f"data.cache: no readable image in the {self.split} split")
+        atomic_write_json(self.dir / "index.json", {"chunks": chunks, "config": config, "updated_at": "0"})
+
+    def dataset(self, shuffle: bool, seed: int, drop_last: bool) -> Any:
+        from litdata import StreamingDataset
+
+        self.check()
+        return StreamingDataset(str(self.dir.resolve()), shuffle=shuffle, seed=seed, drop_last=drop_last)
+
+
+def _difference(theirs: Any, ours: Any, prefix: str = "") -> tuple[str, Any, Any] | None:
+    """The first field (dotted path) where two signatures differ, with both values."""
+    if isinstance(theirs, dict) and isinstance(ours, dict):
+        for key in sorted(set(theirs) | set(ours)):
+            found = _difference(theirs.get(key), ours.get(key), f"{prefix}{key}.")
+            if found is not None:
+                return found
+        return None
+    return None if theirs == ours else (prefix.rstrip("."), theirs, ours)
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, sort_keys=True, default=str)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _to(batch: dict[str, Any], device: Any) -> dict[str, Any]:
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+class LatentCacheDataModule(L.LightningDataModule):
+    """A datamodule's train and val splits served from the latent cache of ``module`` (built in ``prepare_data``,
+    on one process per node); test (final evaluation through real bitstreams) reads the images themselves."""
+
+    def __init__(
+        self,
+        base: ClassificationDataModule,
+        module: Any,
+        cache_dir: str | Path,
+        dtype: str = "float32",
+        shard_size: int = 4096,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if not getattr(module, "cacheable", False):
+            raise ConfigError(
+                f"data.cache: {type(module).__name__} trains the codec, so its latents change every step; the "
+                "latent cache applies to d1, its ablations and Post-processing (set data.cache=false)"
+            )
+        if dtype not in DTYPES:
+            raise ConfigError(f"data.cache_dtype: '{dtype}' is not one of {', '.join(DTYPES)}")
+        self.base, self.module = base, module
+        self.cache_dir = Path(cache_dir)
+        self.dtype = dtype
+        self.shard_size = int(shard_size)
+        self.seed = seed
+        self.prepare_data_per_node = True
+
+    # what the rest of LatentBridge reads from a datamodule
+    classnames = property(lambda self: self.base.classnames)
+    templates = property(lambda self: self.base.templates)
+    batch_size = property(lambda self: self.base.batch_size)
+
+    def signature(self, split: str) -> dict[str, Any]:
+        """Everything the cached values of ``split`` depend on."""
+        subset = self.base.train_subset if split == "train" else self.base.val_subset
+        ds = self.base._dataset(split, subset)
+        return {
+            "format": CACHE_FORMAT,
+            "split": split,
+            "data": self.base.signature(),
+            "subset": json_digest(_subset_indices(ds)),
+            "images": len(ds),
+            "model": self.module.cache_signature(),
+            "fields": list(self.module.cache_fields(split)),
+            "dtype": self.dtype,
+        }
+
+    def split_cache(self, split: str) -> LatentCacheSplit:
+        return LatentCacheSplit(self.cache_dir, split, self.signature(split))
+
+    def prepare_data(self) -> None:
+        self.base.prepare_data()
+        device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+        for split in ("train", "val"):
+            cache = self.split_cache(split)
+            if cache.complete:
+                cache.check()
+                continue
+            subset = self.base.train_subset if split == "train" else self.base.val_subset
+            loader = self.base._loader(self.base._dataset(split, subset), self.base.eval_batch_size, shuffle=False)
+            frozen, was_training = (self.module.codec, self.module.vision), self.module.training
+            for m in frozen:
+                m.to(device)
+            self.module.eval()  # the values that validation computes: rounding, no noise
+            try:
+                batches = max(1, self.shard_size // self.base.eval_batch_size)
+                cache.build(self.module, loader, batches, DTYPES[self.dtype], device)
+            finally:
+                self.module.train(was_training)
+                for m in frozen:
+                    m.to("cpu")
+
+    def _loader(self, split: str, shuffle: bool, batch_size: int) -> DataLoader:
+        from litdata import StreamingDataLoader
+
+        ds = self.split_cache(split).dataset(shuffle=shuffle, seed=self.seed, drop_last=shuffle)
+        return StreamingDataLoader(
+            ds,
+            batch_size=batch_size,
+            num_workers=self.base.num_workers,
+            collate_fn=collate_skipping,
+            drop_last=shuffle,
+            pin_memory=torch.cuda.is_available(),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", True, self.base.batch_size)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", False, self.base.eval_batch_size)
+
+    def test_dataloader(self) -> DataLoader:
+        return self.base.test_dataloader()
+
+    def split_dataloader(self, split: str, subset: int | None = None) -> DataLoader:
+        return self.base.split_dataloader(split, subset)
