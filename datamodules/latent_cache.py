@@ -6,8 +6,9 @@ C(x). The cache stores them once, per image: ``y_hat`` (``dtype``), ``target`` =
 for validation also the constant paths (Reconstruction embedding, likelihood bits, PSNR), so validation runs only
 the method's path each epoch; with token distillation the teacher's tokens after block k.
 
-Storage is litdata's (``BinaryWriter`` chunks, ``StreamingDataset`` to read them: shuffling, DDP and multi-node
-partitioning, mid-epoch resume; the same directory can live on object storage). Layout of one split::
+Storage is litdata's (``BinaryWriter`` chunks, read by index through ``StreamingDataset``, which also reads them
+from object storage). Loading is a map-style dataset with Lightning's samplers (shuffling, DDP splitting as for
+the images themselves). Layout of one split::
 
     <dir>/<split>/shard-00000/{chunk-*.bin,index.json}   # one shard = ``shard_size`` images, written to a
     <dir>/<split>/shard-00001/...                        #   temporary dir and renamed when complete
@@ -94,8 +95,6 @@ class LatentCacheSplit:
     @torch.no_grad()
     def build(self, module: Any, loader: DataLoader, shard_batches: int, dtype: torch.dtype, device: Any) -> None:
         """Write the missing shards (``shard_batches`` loader batches each), then the index and the signature."""
-        from litdata.streaming.writer import BinaryWriter
-
         self.dir.mkdir(parents=True, exist_ok=True)
         fields = module.cache_fields(self.split)
         started, written, skipped = time.time(), 0, 0
@@ -116,7 +115,7 @@ class LatentCacheSplit:
                 n += 1
                 skipped += int(batch["num_skipped"])
                 if "label" in batch:
-                    writer = writer or BinaryWriter(str(tmp), chunk_bytes="64MB")
+                    writer = writer or _single_writer(str(tmp))
                     values = module.cache_batch(_to(batch, device), self.split)
                     values = {
                         f: values[f].detach().to("cpu", dtype if f in ("y_hat", "tokens") else torch.float32)
@@ -165,11 +164,29 @@ class LatentCacheSplit:
             raise DataError(f"data.cache: no readable image in the {self.split} split")
         atomic_write_json(self.dir / "index.json", {"chunks": chunks, "config": config, "updated_at": "0"})
 
+    @property
+    def length(self) -> int:
+        """The number of cached images (from the index: the same on every process)."""
+        index = json.loads((self.dir / "index.json").read_text())
+        return sum(int(c["chunk_size"]) for c in index["chunks"])
+
     def dataset(self, shuffle: bool, seed: int, drop_last: bool) -> Any:
         from litdata import StreamingDataset
 
         self.check()
         return StreamingDataset(str(self.dir.resolve()), shuffle=shuffle, seed=seed, drop_last=drop_last)
+
+
+def _single_writer(directory: str) -> Any:
+    """litdata's ``BinaryWriter`` as the only writer of its directory. Under DDP it would take the process's global
+    rank and wait in ``merge`` for every rank's index, but only one process per node builds the cache."""
+    from litdata.streaming.writer import BinaryWriter
+    from litdata.utilities.env import _DistributedEnv
+
+    writer = BinaryWriter(directory, chunk_bytes="64MB")
+    writer._distributed_env = _DistributedEnv(world_size=1, global_rank=0, num_nodes=1)
+    writer._rank = 0
+    return writer
 
 
 def _difference(theirs: Any, ours: Any, prefix: str = "") -> tuple[str, Any, Any] | None:
@@ -190,6 +207,20 @@ def _short(value: Any) -> str:
 
 def _to(batch: dict[str, Any], device: Any) -> dict[str, Any]:
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+class _Indexed(torch.utils.data.Dataset):
+    """Random access into a litdata ``StreamingDataset`` as a map-style dataset of all its items (under DDP the
+    streaming dataset's own ``len`` is one rank's share)."""
+
+    def __init__(self, streaming: Any, length: int) -> None:
+        self.streaming, self.length = streaming, length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.streaming[index]
 
 
 class LatentCacheDataModule(L.LightningDataModule):
@@ -266,16 +297,21 @@ class LatentCacheDataModule(L.LightningDataModule):
                     m.to("cpu")
 
     def _loader(self, split: str, shuffle: bool, batch_size: int) -> DataLoader:
-        from litdata import StreamingDataLoader
-
-        ds = self.split_cache(split).dataset(shuffle=shuffle, seed=self.seed, drop_last=shuffle)
-        return StreamingDataLoader(
+        """The cache read by index (litdata's random access), as a map-style dataset: Lightning's (distributed)
+        sampler shuffles and splits it between processes exactly as it does the images themselves. (litdata's
+        ``StreamingDataLoader`` partitions whole chunks between ranks: in the 2-process test, 64 cached images in
+        one chunk gave one rank no training batch at all.)"""
+        cache = self.split_cache(split)
+        ds = _Indexed(cache.dataset(shuffle=False, seed=self.seed, drop_last=False), cache.length)
+        return DataLoader(
             ds,
             batch_size=batch_size,
+            shuffle=shuffle,
             num_workers=self.base.num_workers,
             collate_fn=collate_skipping,
-            drop_last=shuffle,
+            persistent_workers=self.base.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
+            drop_last=shuffle,
         )
 
     def train_dataloader(self) -> DataLoader:
