@@ -256,12 +256,13 @@ class BridgeModule(NetAuxOptimization):
         return out
 
     def cache_signature(self) -> dict[str, Any]:
-        """The frozen parts a cache is valid for: their names, shapes and a digest of their weights."""
-        return {
-            **self.signature(),
-            "codec_weights": state_digest(self.codec),
-            "vision_weights": state_digest(self.vision),
-        }
+        """The frozen parts a cache is valid for: their names, shapes and a digest of their weights. Not the
+        scenario: d1, its ablations and Post-processing at one rate point share one cache (the block after which
+        teacher tokens are taken counts only when they are stored)."""
+        sig = {k: v for k, v in self.signature().items() if k not in ("scenario", "skip_blocks")}
+        if "tokens" in self.cache_fields("train"):
+            sig["tokens_after_block"] = self.skip_blocks
+        return {**sig, "codec_weights": state_digest(self.codec), "vision_weights": state_digest(self.vision)}
 
     def _count_skipped(self, batch: dict[str, Any]) -> None:
         skipped = int(batch.get("num_skipped", 0))  # a Python int from the collate function: no device sync

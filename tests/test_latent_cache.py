@@ -142,3 +142,15 @@ def test_token_distillation_trains_from_cached_teacher_tokens(tmp_path):
     module.set_classes(dm.classnames, dm.templates)
     out = module.training_loss(next(iter(cached.train_dataloader())))
     assert out.tokens is not None and float(out.tokens) > 0
+
+
+def test_d1_its_ablations_and_post_processing_share_one_cache(tmp_path):
+    """The cache depends on the frozen codec and teacher, not on the scenario or the skipped blocks."""
+    from latentbridge.workflows.train import latent_cache_dir
+
+    dirs = set()
+    for extra in ([], ["scenario.skip_blocks=4"], ["experiment=mini_post_processing", "scenario.post.base_channels=4"]):
+        cfg, dm, module, cached = _setup(tmp_path / str(len(dirs)), ["paths.cache_dir=" + str(tmp_path / "c"), *extra])
+        cached.prepare_data()  # the second and third find the first one's cache valid
+        dirs.add(latent_cache_dir(cfg, dm, module))
+    assert len(dirs) == 1

@@ -23,11 +23,11 @@ TINY_PREP = [
 @pytest.mark.slow
 @needs_fmnist
 def test_default_run_prepares_and_caches_teacher_and_codec(tmp_path):
-    tmp_path = tmp_path / "0_codec.lmbda=0.0035,x=[1]"  # a multirun job dir: '=', ',' and brackets in paths
+    tmp_path = tmp_path / "0_codec.lmbda=0.0001,x=[1]"  # a multirun job dir: '=', ',' and brackets in paths
     with hydra_cfg(TINY_PREP, tmp_path / "first") as cfg:
         cache = tmp_path / "first" / "cache"
         results = train_run(cfg)
-    teacher, codec = cache / "teachers" / "mini_clip.pt", cache / "codecs" / "mini_lambda0.0035.pt"
+    teacher, codec = cache / "teachers" / "mini_clip_p8.pt", cache / "codecs" / "mini_s8_lambda0.0001.pt"
     assert teacher.is_file() and codec.is_file()
     prep = tmp_path / "first" / "run" / "prepare"
     assert json.loads((prep / "vision" / "results.json").read_text())["scenario"] == "MiniClipPretraining"

@@ -176,7 +176,7 @@ def test_mllm_evaluate_joins_scores_and_bits_for_each_path(tiny_llava, tiny_task
     assert [r["method"] for r in rows] == ["d1", "reconstruction", "uncompressed"]
     assert rows[0]["bpp"] == rows[1]["bpp"] > 0 and rows[2]["bpp"] == 24.0  # same bitstreams; the bound
     assert all(r["metric"] == "exact_match" and 0 <= r["tiny_vqa"] <= 1 for r in rows)
-    assert (tmp_path / "bits_d1_lambda0.0035.json").is_file()
+    assert (tmp_path / "bits_d1_lambda0.0001.json").is_file()
 
 
 def test_mllm_evaluate_writes_joined_results_and_a_curve_per_task(
