@@ -134,3 +134,27 @@ def test_the_paper_plan_composes_every_run(tmp_path):
         "skip8",
         "d1_hyperprior",
     }
+
+
+def test_premise_and_training_benchmark_scripts_run(tmp_path):
+    """scripts/premise.py prints and writes the premise table for a plan's rate points; scripts/benchmark_train.py
+    prints every variant side by side with its ratio to the first."""
+    import subprocess
+    import sys
+
+    from helpers.config import ROOT
+
+    premise = [sys.executable, "scripts/premise.py", "plan=tiny", f"out_dir={tmp_path / 'out'}"]
+    premise += [f"paths.cache_dir={tmp_path / 'cache'}", f"paths.log_dir={tmp_path / 'logs'}"]
+    res = subprocess.run(premise, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    saved = json.loads((tmp_path / "out" / "premise.json").read_text())
+    assert [r["lmbda"] for r in saved["rows"]] == [0.0018, 0.0035] and saved["holds"] in (True, False)
+    assert "premise (Reconstruction loses >= 0.08" in res.stdout
+    bench = [sys.executable, "scripts/benchmark_train.py", "--experiment", "mini_d1", "--batch", "4", "--steps", "1"]
+    bench += ["--warmup", "0", "--readback", "4"]
+    res = subprocess.run(bench, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    lines = res.stdout.splitlines()
+    assert any(line.startswith("uncached-fp32") and line.endswith("1.00x") for line in lines)
+    assert any(line.startswith("cached-fp32") for line in lines) and "read-back of y_hat" in res.stdout
