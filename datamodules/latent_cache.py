@@ -19,7 +19,8 @@ the images themselves). Layout of one split::
 A build killed midway resumes at the first missing shard; a half-written shard is a ``.tmp`` dir that is never read.
 A cache whose signature differs from the run's (another codec, teacher, dataset or preprocessing) is refused with
 a one-line error naming the field; a missing or truncated chunk is an error naming the file.
-Phase 2 (d2, d3) trains the codec, so its latents change every step: the cache does not apply (refused).
+Phase 2 (d2, d3) trains the codec, so its latents change every step: there the cache holds C(x) only, joined to
+the images by dataset index (the teacher's forward leaves the step; the codec's stays).
 """
 
 from __future__ import annotations
@@ -223,6 +224,27 @@ class _Indexed(torch.utils.data.Dataset):
         return self.streaming[index]
 
 
+class _WithTargets(torch.utils.data.Dataset):
+    """The images with their cached C(x), matched by dataset index (phase 2: the codec trains, the teacher not)."""
+
+    def __init__(self, images: Any, cached: _Indexed) -> None:
+        self.images, self.cached = images, cached
+        self.position: dict[int, int] | None = None
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> dict[str, Any] | None:
+        item = self.images[i]
+        if item is None:
+            return None
+        if self.position is None:  # built lazily, in the process (or loader worker) that reads
+            self.position = {int(self.cached[p]["index"]): p for p in range(len(self.cached))}
+        if item["index"] not in self.position:
+            raise DataError(f"data.cache_dir: no cached target for image index {item['index']}")
+        return {**item, "target": self.cached[self.position[item["index"]]]["target"]}
+
+
 class LatentCacheDataModule(L.LightningDataModule):
     """A datamodule's train and val splits served from the latent cache of ``module`` (built in ``prepare_data``,
     on one process per node); test (final evaluation through real bitstreams) reads the images themselves."""
@@ -237,11 +259,8 @@ class LatentCacheDataModule(L.LightningDataModule):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        if not getattr(module, "cacheable", False):
-            raise ConfigError(
-                f"data.cache: {type(module).__name__} trains the codec, so its latents change every step; the "
-                "latent cache applies to d1, its ablations and Post-processing (set data.cache=false)"
-            )
+        if not hasattr(module, "cache_fields"):
+            raise ConfigError(f"data.cache: {type(module).__name__} has nothing to cache (set data.cache=false)")
         if dtype not in DTYPES:
             raise ConfigError(f"data.cache_dtype: '{dtype}' is not one of {', '.join(DTYPES)}")
         self.base, self.module = base, module
@@ -300,9 +319,15 @@ class LatentCacheDataModule(L.LightningDataModule):
         """The cache read by index (litdata's random access), as a map-style dataset: Lightning's (distributed)
         sampler shuffles and splits it between processes exactly as it does the images themselves. (litdata's
         ``StreamingDataLoader`` partitions whole chunks between ranks: in the 2-process test, 64 cached images in
-        one chunk gave one rank no training batch at all.)"""
+        one chunk gave one rank no training batch at all.) A targets-only cache (phase 2) is joined to the images
+        by dataset index."""
         cache = self.split_cache(split)
-        ds = _Indexed(cache.dataset(shuffle=False, seed=self.seed, drop_last=False), cache.length)
+        ds: torch.utils.data.Dataset = _Indexed(
+            cache.dataset(shuffle=False, seed=self.seed, drop_last=False), cache.length
+        )
+        if "y_hat" not in self.module.cache_fields(split):
+            subset = self.base.train_subset if split == "train" else self.base.val_subset
+            ds = _WithTargets(self.base._dataset(split, subset), ds)
         return DataLoader(
             ds,
             batch_size=batch_size,

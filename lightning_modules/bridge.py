@@ -205,7 +205,7 @@ class BridgeModule(NetAuxOptimization):
             y_hat, likelihoods, teacher = batch["y_hat"].float(), None, batch["target"].float()
         else:
             y_hat, likelihoods = self.latent(batch["image"])
-            teacher = self.teacher_embedding(batch["teacher_image"])
+            teacher = batch["target"].float() if "target" in batch else self.teacher_embedding(batch["teacher_image"])
         if isinstance(self.loss_fn, JointLoss):
             x = batch["image"]
             x_hat = self.codec.synthesize(y_hat) if self.loss_fn.needs_reconstruction else None
@@ -230,8 +230,11 @@ class BridgeModule(NetAuxOptimization):
         return "codec" not in self.trainable
 
     def cache_fields(self, split: str) -> tuple[str, ...]:
-        """What the cache stores per image of ``split``: y_hat and C(x) always; for validation also the constant
-        paths (Reconstruction embedding, likelihood bits, PSNR); the teacher's tokens for token distillation."""
+        """What the cache stores per image of ``split``: C(x) always; y_hat while the codec is frozen, and then for
+        validation also the constant paths (Reconstruction embedding, likelihood bits, PSNR); the teacher's tokens
+        for token distillation. A training codec (phase 2) leaves the teacher's target only."""
+        if not self.cacheable:
+            return ("target",)
         fields = ("y_hat", "target")
         if getattr(self.loss_fn, "token_weight", 0.0) and split == "train":
             fields += ("tokens",)
@@ -243,9 +246,12 @@ class BridgeModule(NetAuxOptimization):
     def cache_batch(self, batch: dict[str, Any], split: str) -> dict[str, Tensor]:
         """The cached values of one batch of images (the same computations as the uncached steps)."""
         fields = self.cache_fields(split)
+        out = {"target": self.teacher_embedding(batch["teacher_image"])}
+        if "y_hat" not in fields:
+            return out
         x = batch["image"]
         y_hat, likelihoods = self.codec.latent(x)
-        out = {"y_hat": y_hat, "target": self.teacher_embedding(batch["teacher_image"])}
+        out["y_hat"] = y_hat
         if "tokens" in fields:
             out["tokens"] = self.teacher_tokens(batch["teacher_image"])
         if "recon" in fields:
@@ -260,6 +266,9 @@ class BridgeModule(NetAuxOptimization):
         scenario: d1, its ablations and Post-processing at one rate point share one cache (the block after which
         teacher tokens are taken counts only when they are stored)."""
         sig = {k: v for k, v in self.signature().items() if k not in ("scenario", "skip_blocks")}
+        if not self.cacheable:  # C(x) only: the codec does not enter it
+            sig = {k: v for k, v in sig.items() if not k.startswith(("codec", "grid"))}
+            return {**sig, "vision_weights": state_digest(self.vision)}
         if "tokens" in self.cache_fields("train"):
             sig["tokens_after_block"] = self.skip_blocks
         return {**sig, "codec_weights": state_digest(self.codec), "vision_weights": state_digest(self.vision)}
@@ -308,7 +317,9 @@ class BridgeModule(NetAuxOptimization):
             y_hat, likelihoods = self.codec.latent(x)
             x_hat = self.codec.synthesize(y_hat)
             embeddings = {
-                "uncompressed": self.teacher_embedding(batch["teacher_image"]),
+                "uncompressed": batch["target"]
+                if "target" in batch
+                else self.teacher_embedding(batch["teacher_image"]),
                 "reconstruction": routes.decoded_image(self, x_hat),
             }
             bits = sum(-torch.log2(lk.clamp_min(1e-9)).flatten(1).sum(1) for lk in likelihoods.values())

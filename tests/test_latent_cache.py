@@ -10,7 +10,7 @@ import torch
 from helpers.config import TINY_D1, hydra_cfg
 from hydra.utils import instantiate
 
-from latentbridge.core.errors import ConfigError, DataError
+from latentbridge.core.errors import DataError
 from latentbridge.runs import build_scenario
 from latentbridge.workflows.train import with_latent_cache
 
@@ -120,11 +120,25 @@ def test_a_killed_build_resumes_without_redoing_finished_shards_and_corrupt_chun
         split.dataset(shuffle=False, seed=0, drop_last=False)
 
 
-def test_phase_two_refuses_the_latent_cache(tmp_path):
-    with hydra_cfg([*CACHED, "experiment=mini_d2", "scenario.init_from=null", "data=synthetic"], tmp_path) as cfg:
-        dm, module = instantiate(cfg.data), build_scenario(cfg)
-        with pytest.raises(ConfigError, match="data.cache: D2Module trains the codec"):
-            with_latent_cache(cfg, dm, module)
+def test_phase_two_caches_the_teacher_targets_only_with_equal_results(tmp_path):
+    """d2 trains the codec: the cache holds C(x) only (no codec in its signature), joined to the images by index."""
+    cfg, dm, module, cached = _setup(tmp_path, ["experiment=mini_d2", "scenario.init_from=null", "data=synthetic"])
+    assert module.cache_fields("train") == module.cache_fields("val") == ("target",)
+    assert not any(k.startswith("codec") for k in module.cache_signature())
+    cached.prepare_data()
+    live, from_cache = _validate(module, dm), _validate(module, cached)
+    for k in live:
+        assert from_cache[k] == pytest.approx(live[k], abs=1e-6), k
+    module.train()
+    module.set_classes(dm.classnames, dm.templates)
+    batch = next(iter(cached.train_dataloader()))
+    assert "image" in batch and "target" in batch and "y_hat" not in batch
+    pixels = {k: v for k, v in batch.items() if k != "target"}
+    torch.manual_seed(0)
+    a = module.training_loss(batch)
+    torch.manual_seed(0)  # the codec's training-mode noise
+    b = module.training_loss(pixels)
+    assert float(a.loss) == pytest.approx(float(b.loss), rel=1e-5)
 
 
 def test_token_distillation_trains_from_cached_teacher_tokens(tmp_path):

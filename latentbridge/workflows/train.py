@@ -124,7 +124,7 @@ def latent_cache_dir(cfg: DictConfig, datamodule: Any, module: Any) -> Path:
         "fields": [module.cache_fields(s) for s in ("train", "val")],
         "skip": module.skip_blocks if getattr(module.loss_fn, "token_weight", 0.0) else None,
         "dtype": datamodule.cache_dtype,
-        "weights": [module.cache_signature()[k] for k in ("codec_weights", "vision_weights")],
+        "weights": [module.cache_signature().get(k) for k in ("codec_weights", "vision_weights")],
     }
     name = f"{cfg.codec.name}-lambda{cfg.codec.lmbda}"
     return Path(cfg.paths.cache_dir) / "latents" / name / str(cfg.vision.model_name) / json_digest(key)
