@@ -80,6 +80,7 @@ def test_the_whole_tiny_plan_gives_every_figure_and_a_verdict_on_every_finding(t
         "fig4_rate_psnr",
         "fig6a_skipped_blocks",
         "fig6b_training_objective",
+        "token_distillation",  # beyond the paper: the token-distillation ablation row
     }
     assert all((tmp_path / "out" / f"{name}.png").stat().st_size > 1000 for name in results["plots"])
     verdicts = {f["id"]: f["holds"] for f in results["findings"]}
@@ -87,6 +88,7 @@ def test_the_whole_tiny_plan_gives_every_figure_and_a_verdict_on_every_finding(t
     assert all(v in (True, False) for v in verdicts.values()), results["findings"]
     saved = json.loads((tmp_path / "out" / "results.json").read_text())
     assert saved["findings"] == results["findings"]
+    assert [r["lmbda"] for r in saved["premise"]["rows"]] == [0.0018, 0.0035]  # from the d1 runs' validation
 
 
 def test_findings_compare_curves_at_equal_rate():
