@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
 from latentbridge import routes
-from latentbridge.codecs.adapter import ENTROPY_TABLES, CodecAdapter
+from latentbridge.codecs.adapter import ENTROPY_TABLES, CodecAdapter, bits_per_image
 from latentbridge.codecs.bitstream import decode_latent, encode_batch
 from latentbridge.core.atomic_io import read_checkpoint
 from latentbridge.core.digest import state_digest
@@ -257,7 +257,7 @@ class BridgeModule(NetAuxOptimization):
         if "recon" in fields:
             x_hat = self.codec.synthesize(y_hat)
             out["recon"] = routes.decoded_image(self, x_hat)
-            out["bits"] = sum(-torch.log2(lk.clamp_min(1e-9)).flatten(1).sum(1) for lk in likelihoods.values())
+            out["bits"] = bits_per_image(likelihoods)
             out["psnr"] = psnr(x_hat, x)
         return out
 
@@ -322,7 +322,7 @@ class BridgeModule(NetAuxOptimization):
                 else self.teacher_embedding(batch["teacher_image"]),
                 "reconstruction": routes.decoded_image(self, x_hat),
             }
-            bits = sum(-torch.log2(lk.clamp_min(1e-9)).flatten(1).sum(1) for lk in likelihoods.values())
+            bits = bits_per_image(likelihoods)
             image_psnr = psnr(x_hat, x)
         embeddings[self.method_path] = self.method_embedding(y_hat)
         out = {f"top1_{p}": zero_shot_correct(e.float(), self.text_emb, labels) for p, e in embeddings.items()}
@@ -360,7 +360,7 @@ class BridgeModule(NetAuxOptimization):
         lmbda = self.codec.lmbda
         streams, coded = encode_batch(self.codec, x, lmbda)  # one network pass: bytes and the estimated rate
         y_hat = torch.cat([decode_latent(self.codec, s, lmbda)[0] for s in streams]).to(x.device)
-        bits_est = sum(-torch.log2(lk.clamp_min(1e-9)).flatten(1).sum(1) for lk in coded.likelihoods.values())
+        bits_est = bits_per_image(coded.likelihoods)
         x_hat = self.codec.synthesize(y_hat)
         embeddings = {
             "method": self.method_embedding(y_hat),

@@ -28,11 +28,12 @@ from torch import Tensor, nn
 
 from latentbridge.codecs.mini import MINI_MODEL
 from latentbridge.core.atomic_io import read_checkpoint
+from latentbridge.core.digest import DERIVED
 from latentbridge.core.errors import CheckpointError, ConfigError
 
 CHECKPOINT_FORMAT = "latentbridge-codec/1"
 #: entropy-coder tables: derived by ``update(force=True)``, variable-sized, never stored in scenario checkpoints
-ENTROPY_TABLES = ("_quantized_cdf", "_offset", "_cdf_length", "scale_table")
+ENTROPY_TABLES = DERIVED
 
 
 class LatentOutput(NamedTuple):
@@ -40,6 +41,11 @@ class LatentOutput(NamedTuple):
 
     y_hat: Tensor
     likelihoods: dict[str, Tensor]
+
+
+def bits_per_image(likelihoods: dict[str, Tensor]) -> Tensor:
+    """The estimated rate of each image of the batch in bits, -log2 p(y_hat|z_hat) - log2 p(z_hat), shape (B,)."""
+    return sum(-torch.log2(lk.clamp_min(1e-9)).flatten(1).sum(1) for lk in likelihoods.values())
 
 
 def bits_per_pixel(likelihoods: dict[str, Tensor], num_pixels: int) -> Tensor:

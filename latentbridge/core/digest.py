@@ -9,7 +9,8 @@ from typing import Any
 import torch
 from torch import nn
 
-#: derived tensors (entropy-coder tables rebuilt by ``update()``) that do not change what a module computes
+#: derived tensors (compressai's entropy-coder tables, rebuilt by ``update()``) that do not change what a module
+#: computes: left out of digests (and of scenario checkpoints: ``codecs.adapter.ENTROPY_TABLES``)
 DERIVED = ("_quantized_cdf", "_offset", "_cdf_length", "scale_table")
 
 
