@@ -35,6 +35,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.fabric.utilities.apply_func import move_data_to_device
 from torch.utils.data import DataLoader, Subset
 
 from datamodules.classification import ClassificationDataModule, collate_skipping
@@ -117,7 +118,7 @@ class LatentCacheSplit:
                 skipped += int(batch["num_skipped"])
                 if "label" in batch:
                     writer = writer or _single_writer(str(tmp))
-                    values = module.cache_batch(_to(batch, device), self.split)
+                    values = module.cache_batch(move_data_to_device(batch, device), self.split)
                     values = {
                         f: values[f].detach().to("cpu", dtype if f in ("y_hat", "tokens") else torch.float32)
                         for f in fields
@@ -171,11 +172,12 @@ class LatentCacheSplit:
         index = json.loads((self.dir / "index.json").read_text())
         return sum(int(c["chunk_size"]) for c in index["chunks"])
 
-    def dataset(self, shuffle: bool, seed: int, drop_last: bool) -> Any:
+    def dataset(self) -> Any:
+        """The checked cache, in written order (random access by position)."""
         from litdata import StreamingDataset
 
         self.check()
-        return StreamingDataset(str(self.dir.resolve()), shuffle=shuffle, seed=seed, drop_last=drop_last)
+        return StreamingDataset(str(self.dir.resolve()))
 
 
 def _single_writer(directory: str) -> Any:
@@ -204,10 +206,6 @@ def _difference(theirs: Any, ours: Any, prefix: str = "") -> tuple[str, Any, Any
 def _short(value: Any) -> str:
     text = json.dumps(value, sort_keys=True, default=str)
     return text if len(text) <= 80 else text[:77] + "..."
-
-
-def _to(batch: dict[str, Any], device: Any) -> dict[str, Any]:
-    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
 class _Indexed(torch.utils.data.Dataset):
@@ -256,7 +254,6 @@ class LatentCacheDataModule(L.LightningDataModule):
         cache_dir: str | Path,
         dtype: str = "float32",
         shard_size: int = 4096,
-        seed: int = 0,
     ) -> None:
         super().__init__()
         if not hasattr(module, "cache_fields"):
@@ -267,7 +264,6 @@ class LatentCacheDataModule(L.LightningDataModule):
         self.cache_dir = Path(cache_dir)
         self.dtype = dtype
         self.shard_size = int(shard_size)
-        self.seed = seed
         self.prepare_data_per_node = True
 
     # what the rest of LatentBridge reads from a datamodule
@@ -275,10 +271,13 @@ class LatentCacheDataModule(L.LightningDataModule):
     templates = property(lambda self: self.base.templates)
     batch_size = property(lambda self: self.base.batch_size)
 
+    def _images(self, split: str) -> Any:
+        """The base datamodule's images of ``split`` (its subset), as its own loaders see them."""
+        return self.base._dataset(split, self.base.train_subset if split == "train" else self.base.val_subset)
+
     def signature(self, split: str) -> dict[str, Any]:
         """Everything the cached values of ``split`` depend on."""
-        subset = self.base.train_subset if split == "train" else self.base.val_subset
-        ds = self.base._dataset(split, subset)
+        ds = self._images(split)
         return {
             "format": CACHE_FORMAT,
             "split": split,
@@ -301,8 +300,7 @@ class LatentCacheDataModule(L.LightningDataModule):
             if cache.complete:
                 cache.check()
                 continue
-            subset = self.base.train_subset if split == "train" else self.base.val_subset
-            loader = self.base._loader(self.base._dataset(split, subset), self.base.eval_batch_size, shuffle=False)
+            loader = self.base._loader(self._images(split), self.base.eval_batch_size, shuffle=False)
             frozen, was_training = (self.module.codec, self.module.vision), self.module.training
             for m in frozen:
                 m.to(device)
@@ -322,12 +320,9 @@ class LatentCacheDataModule(L.LightningDataModule):
         one chunk gave one rank no training batch at all.) A targets-only cache (phase 2) is joined to the images
         by dataset index."""
         cache = self.split_cache(split)
-        ds: torch.utils.data.Dataset = _Indexed(
-            cache.dataset(shuffle=False, seed=self.seed, drop_last=False), cache.length
-        )
+        ds: torch.utils.data.Dataset = _Indexed(cache.dataset(), cache.length)
         if "y_hat" not in self.module.cache_fields(split):
-            subset = self.base.train_subset if split == "train" else self.base.val_subset
-            ds = _WithTargets(self.base._dataset(split, subset), ds)
+            ds = _WithTargets(self._images(split), ds)
         return DataLoader(
             ds,
             batch_size=batch_size,

@@ -65,7 +65,8 @@ def build(experiment: str, batch: int, overrides: list[str]) -> tuple[Any, Any]:
         return cfg, build_scenario(cfg)
 
 
-def make_batch(module: Any, cfg: Any, batch: int, device: torch.device) -> dict[str, torch.Tensor]:
+def make_batch(module: Any, cfg: Any, batch: int, device: torch.device) -> dict[str, Any]:
+    """A batch as the latent cache serves it (label, y_hat in float16, C(x)) plus the images it came from."""
     size, teacher = int(cfg.data.image_size), int(cfg.vision.image_size)
     g = torch.Generator().manual_seed(0)
     out = {
@@ -76,9 +77,7 @@ def make_batch(module: Any, cfg: Any, batch: int, device: torch.device) -> dict[
     out = {k: v.to(device) for k, v in out.items()}
     with torch.no_grad():
         cached = module.cache_batch(out, "train")
-    return {"label": out["label"], "y_hat": cached["y_hat"].half(), "target": cached["target"]} | {
-        "pixels": out  # type: ignore[dict-item]
-    }
+    return {"label": out["label"], "y_hat": cached["y_hat"].half(), "target": cached["target"], "pixels": out}
 
 
 def step_fn(module: Any, batch: dict[str, Any], cached: bool, bf16: bool, opt: torch.optim.Optimizer) -> Any:

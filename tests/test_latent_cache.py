@@ -108,16 +108,16 @@ def test_a_killed_build_resumes_without_redoing_finished_shards_and_corrupt_chun
     module.cache_batch = lambda batch, s: (calls.append(s), real(batch, s))[1]
     cached.prepare_data()
     assert calls.count("train") == 1 and split.complete  # only the third shard was computed
-    ds = split.dataset(shuffle=False, seed=0, drop_last=False)
+    ds = split.dataset()
     assert sorted(int(ds[i]["index"]) for i in range(len(ds))) == list(range(48))
     index = json.loads((split.dir / "index.json").read_text())
     chunk = split.dir / index["chunks"][1]["filename"]
     chunk.write_bytes(chunk.read_bytes()[:-5])
     with pytest.raises(DataError, match=f"chunk {chunk} is corrupt"):
-        split.dataset(shuffle=False, seed=0, drop_last=False)
+        split.dataset()
     chunk.unlink()
     with pytest.raises(DataError, match=f"chunk {chunk} is missing"):
-        split.dataset(shuffle=False, seed=0, drop_last=False)
+        split.dataset()
 
 
 def test_phase_two_caches_the_teacher_targets_only_with_equal_results(tmp_path):
@@ -146,7 +146,7 @@ def test_token_distillation_trains_from_cached_teacher_tokens(tmp_path):
     cfg, dm, module, cached = _setup(tmp_path, ["loss.token_weight=1.0", "scenario.skip_blocks=3"])
     assert module.cache_fields("train") == ("y_hat", "target", "tokens")
     cached.prepare_data()
-    ds = cached.split_cache("train").dataset(shuffle=False, seed=0, drop_last=False)
+    ds = cached.split_cache("train").dataset()
     item = ds[0]
     image = dm._dataset("train", None)[int(item["index"])]["teacher_image"][None]
     live = module.eval().teacher_tokens(image)[0]

@@ -140,7 +140,6 @@ def with_latent_cache(cfg: DictConfig, datamodule: Any, module: Any) -> Any:
         latent_cache_dir(cfg, datamodule, module),
         dtype=datamodule.cache_dtype,
         shard_size=datamodule.cache_shard_size,
-        seed=cfg.seed,
     )
 
 
