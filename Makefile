@@ -3,7 +3,7 @@ PY ?= .venv/bin/python
 PIP ?= .venv/bin/pip
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install system-deps train reproduce-mini test test-slow test-gpu test-all lint format clean
+.PHONY: install system-deps train reproduce-mini reproduce-mini-p2 test test-slow test-gpu test-all lint format clean
 
 system-deps:  ## Debian packages: the mini dataset (needs root; skipped when already installed)
 	@if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then \
@@ -20,6 +20,9 @@ train:  ## the main job: d1 on the offline mini setup (prepares and caches the m
 
 reproduce-mini:  ## paper 1's Fig. 3, 4, 6(a, b) on the mini setup: 24 runs, evaluation, plots, findings (~1 h)
 	$(PY) reproduce.py plan=mini $(ARGS)
+
+reproduce-mini-p2:  ## paper 2 on the mini setup: one variable-rate model vs its ablations and 4 fixed-rate models (<= 45 min)
+	$(PY) reproduce.py plan=mini_p2 $(ARGS)
 
 test:  ## fast tests (< 10 min on 2 cores)
 	$(PY) -m pytest -q $(ARGS)

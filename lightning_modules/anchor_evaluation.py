@@ -12,14 +12,25 @@ from torchvision.transforms.functional import to_pil_image, to_tensor
 
 from latentbridge import routes
 from latentbridge.codecs.traditional import code_image
+from latentbridge.core.mosaic import shares, tile, untile
 from latentbridge.metrics.rate_accuracy import RateAccuracy
 
 
 class AnchorEvaluation(L.LightningModule):
     """``trainer.test`` of one anchor codec at one quality, through a trained run's encoder and class texts."""
 
-    def __init__(self, bridge: Any, codec: str, quality: int, vtm: dict[str, Any], few_shot_groups: int, seed: int):
+    def __init__(
+        self,
+        bridge: Any,
+        codec: str,
+        quality: int,
+        vtm: dict[str, Any],
+        few_shot_groups: int,
+        seed: int,
+        mosaic: int = 1,
+    ) -> None:
         super().__init__()
+        self.mosaic = int(mosaic)  # code m x m mosaics of the test images (latentbridge/core/mosaic.py)
         self.encoder, self.text_emb = bridge.encoder, bridge.text_emb
         self.codec_name, self.quality, self.vtm = codec, int(quality), vtm
         self.evaluation = RateAccuracy(("method",), few_shot_groups, seed)
@@ -33,11 +44,15 @@ class AnchorEvaluation(L.LightningModule):
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         if "label" not in batch:
             return
-        x = batch["image"]
-        coded = [code_image(to_pil_image(img.cpu()), self.codec_name, self.quality, self.vtm) for img in x]
+        x, m = batch["image"], self.mosaic
+        pictures, count = tile(x, m) if m > 1 else (x, x.shape[0])
+        coded = [code_image(to_pil_image(img.cpu()), self.codec_name, self.quality, self.vtm) for img in pictures]
         x_hat = torch.stack([to_tensor(img) for _, img in coded]).to(x.device)
+        nbytes: list[float] = [len(data) for data, _ in coded]
+        if m > 1:  # each image pays its share of its mosaic (headers shared as the learned codec's container is)
+            x_hat, nbytes = untile(x_hat, m, count), shares([len(data) for data, _ in coded], m, count)
         emb = {"method": routes.decoded_image(self, x_hat)}
-        self.evaluation.update(batch, emb, self.text_emb, [len(data) for data, _ in coded], x_hat)
+        self.evaluation.update(batch, emb, self.text_emb, nbytes, x_hat)
 
     def on_test_epoch_end(self) -> None:
         self.test_results = self.evaluation.compute()

@@ -6,6 +6,8 @@
 
 neck path:           bytes -> entropy decode y_hat -> transform-neck -> encoder from block k -> embedding
 Reconstruction path: bytes -> entropy decode y_hat -> g_s -> resize/normalize -> full encoder -> embedding
+Paper 2 (experiment=mini_p2 / paper_p2_llava): the edge (pre-editor + g_a + entropy coding) and the server's plain
+hyperprior decode (bytes -> y_hat -> g_s), at rate point ``bench.q`` (default 0.5).
 
 At batch 1 (latency) and batch ``bench.batch`` (throughput, default 32): the full paths from the bytes, and the
 networks alone from a decoded y_hat (the entropy decoder is the same in both paths and runs on the CPU, so it
@@ -58,6 +60,8 @@ def benchmark(cfg: DictConfig) -> None:
     batch = int(bench.get("batch", 32))
     torch.manual_seed(0)
     module = build_scenario(cfg).eval()
+    if hasattr(module, "edge"):  # paper 2: the pixel path, no neck
+        return benchmark_pixel_path(module, cfg, device, repeats, batch, float(bench.get("q", 0.5)))
     codec, vision, k, lmbda = module.codec, module.vision, module.skip_blocks, cfg.codec.get("lmbda")
     codec.model.update(force=True)
     datamodule = instantiate(cfg.data)
@@ -102,6 +106,37 @@ def benchmark(cfg: DictConfig) -> None:
                 f"    {label:15s} neck {r['neck']:9.2f} ms   Reconstruction {r['reconstruction']:9.2f} ms   "
                 f"Reconstruction / neck {r['reconstruction'] / r['neck']:.2f}x   "
                 f"({1e3 * n / r['neck']:.0f} vs {1e3 * n / r['reconstruction']:.0f} images/s)"
+            )
+
+
+def benchmark_pixel_path(module: torch.nn.Module, cfg: DictConfig, device: str, repeats: int, batch: int, q: float):
+    """Paper 2: the edge (pre-editor + encoder + entropy coding) and the server's plain hyperprior decode (bytes ->
+    y_hat -> g_s -> x_hat), interleaved, at rate point q; the LVLM's own vision tower follows unchanged."""
+    codec = module.codec
+    codec.model.update(force=True)
+    gain = codec.ladder.gain(q)
+    images = next(iter(instantiate(cfg.data).split_dataloader("val", batch)))["image"][:batch]
+    module.to(device)
+    x = images.to(device)
+    print(
+        f"paper 2 edge and server, {x.shape[-1]}x{x.shape[-2]} validation images, codec {codec.name} at q={q}, "
+        f"editor {type(module.editor).__name__}, device {device}, median of {repeats} interleaved repeats"
+    )
+    with torch.no_grad():
+        streams, _ = encode_batch(codec, module.edge(x, q).cpu(), gain)
+        print(f"  bitstreams: {sum(map(len, streams)) / len(streams):.0f} bytes per image on average")
+        for n in (1, batch):
+
+            def edge(n: int = n) -> object:
+                return encode_batch(codec, module.edge(x[:n], q), gain)
+
+            def server(n: int = n) -> torch.Tensor:
+                return codec.synthesize(torch.cat([decode_latent(codec, s)[0] for s in streams[:n]]).to(device))
+
+            r = interleaved_ms({"edge": edge, "server": server}, repeats, device)
+            print(
+                f"  batch {n}: edge (P + g_a + entropy coding) {r['edge']:9.2f} ms ({1e3 * n / r['edge']:.0f} images/s)"
+                f"   server decode (entropy decode + g_s) {r['server']:9.2f} ms ({1e3 * n / r['server']:.0f} images/s)"
             )
 
 

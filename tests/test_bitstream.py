@@ -40,7 +40,7 @@ def _codec(name="mini", arch=None, seed=0):
 def test_roundtrip_recovers_the_coded_latent_at_any_size(name, size):
     codec = _codec(name)
     x = torch.rand(1, 3, *size)
-    data = encode_image(codec, x, lmbda=0.01)
+    data = encode_image(codec, x, 0.01)
     y_hat, bs = decode_latent(codec, data, lmbda=0.01)
     padded, _, _ = pad_to_multiple(x, codec.pad_multiple)
     assert (bs.height, bs.width) == size
@@ -53,7 +53,7 @@ def test_roundtrip_recovers_the_coded_latent_at_any_size(name, size):
 
 def test_another_codec_rate_point_or_configuration_is_refused():
     codec = _codec("mini")
-    data = encode_image(codec, torch.rand(1, 3, 64, 64), lmbda=0.01)
+    data = encode_image(codec, torch.rand(1, 3, 64, 64), 0.01)
     with pytest.raises(BitstreamError, match="rate point lambda=0.01, this decoder is lambda=0.02"):
         decode_latent(codec, data, lmbda=0.02)
     with pytest.raises(BitstreamError, match="coded by codec 'mini', this decoder is 'bmshj2018-hyperprior'"):
@@ -88,7 +88,7 @@ def _mutations(data: bytes, rng: random.Random):
 def test_fuzz_thousands_of_mutated_bitstreams_are_refused_cleanly():
     codec = _codec("mini")
     x = torch.rand(1, 3, 50, 70)
-    data = encode_image(codec, x, lmbda=0.01)
+    data = encode_image(codec, x, 0.01)
     reference = decode_latent(codec, data, lmbda=0.01)[0]
     rng = random.Random(1234)
     refused = identical = 0
@@ -108,7 +108,7 @@ def test_forged_container_with_a_valid_checksum_decodes_without_crash_and_bad_si
     """CRC-32 catches damage, not forgery: a re-checksummed garbage payload range-decodes to garbage of the right
     shape (no crash, no hang); header fields are still range-checked."""
     codec = _codec("mini")
-    bs = Bitstream.from_bytes(encode_image(codec, torch.rand(1, 3, 64, 64), lmbda=0.01))
+    bs = Bitstream.from_bytes(encode_image(codec, torch.rand(1, 3, 64, 64), 0.01))
     bs.strings = [[b"\x00" * 3], bs.strings[1]]
     y_hat, _ = decode_latent(codec, bs.to_bytes(), lmbda=0.01)
     assert y_hat.shape == (1, 24, 64 // codec.stride, 64 // codec.stride)
@@ -175,8 +175,8 @@ def test_a_batch_encodes_to_the_bytes_of_each_image_alone_with_the_estimate_of_t
 
     codec = _codec(name)
     x = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(3))
-    streams, coded = encode_batch(codec, x, lmbda=0.01)
-    assert streams == [encode_image(codec, x[i : i + 1], lmbda=0.01) for i in range(3)]
+    streams, coded = encode_batch(codec, x, 0.01)
+    assert streams == [encode_image(codec, x[i : i + 1], 0.01) for i in range(3)]
     with torch.no_grad():
         alone = codec.model.compress(x[:1])["strings"]
     assert Bitstream.from_bytes(streams[0]).strings == [list(g) for g in alone]

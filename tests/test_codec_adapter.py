@@ -12,6 +12,8 @@ SMALL = {
     "bmshj2018-hyperprior": {"N": 16, "M": 24},
     "elic2022-chandelier": {"N": 16, "M": 160},
     "elic2022-official": {"N": 16, "M": 160},
+    "mini-vbr": {"N": 16, "M": 24},
+    "mbt2018-mean-vbr": {"N": 16, "M": 24},
 }
 
 
@@ -25,18 +27,20 @@ def test_latent_is_the_y_hat_that_compress_codes(name):
     torch.manual_seed(0)
     codec = build_codec(name, arch=SMALL[name]).eval()
     x = torch.rand(2, 3, 64, 128)
+    gain = codec.ladder.gain(0.4) if codec.variable_rate else None  # a variable-rate codec codes at a given rate
+    rate = {"inputscale": torch.tensor(gain)} if gain else {}
     with torch.no_grad():
-        y_hat, likelihoods = codec.latent(x)
+        y_hat, likelihoods = codec.latent(x, gain)
         s = CODECS[name].stride
         assert y_hat.shape == (2, SMALL[name]["M"], 64 // s, 128 // s)
         assert codec.latent_channels == SMALL[name]["M"]
         codec.model.update(force=True)
-        enc = codec.model.compress(x)
+        enc = codec.model.compress(x, **rate)
         if name.startswith("elic"):
             decoded_y = codec.model.latent_codec.decompress(enc["strings"], enc["shape"])["y_hat"]
             torch.testing.assert_close(decoded_y, y_hat, atol=1e-4, rtol=0)
         else:
-            x_dec = codec.model.decompress(enc["strings"], enc["shape"])["x_hat"]
+            x_dec = codec.model.decompress(enc["strings"], enc["shape"], **rate)["x_hat"]
             torch.testing.assert_close(codec.synthesize(y_hat), x_dec, atol=1e-4, rtol=0)
     bpp = bits_per_pixel(likelihoods, 64 * 128)
     assert 0 < float(bpp) < 64

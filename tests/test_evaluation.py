@@ -214,3 +214,16 @@ def test_rate_accuracy_counts_each_image_once_when_a_sampler_repeats_some():
     assert once["ms_ssim"] is not None and once["images"] == 3
     assert row([0, 1], [2, 2]) == once  # index 2 twice, as the padded last batch of another rank
     assert row([2], [1, 0], [0]) == once  # in any order
+
+
+def test_mosaics_tile_and_untile_exactly_and_charge_each_image_its_share():
+    from latentbridge.core.mosaic import shares, tile, untile
+
+    x = torch.rand(37, 3, 8, 6)
+    mosaics, count = tile(x, 4)
+    assert mosaics.shape == (3, 3, 32, 24) and count == 37
+    assert torch.equal(mosaics[0, :, 0:8, 6:12], x[1]) and torch.equal(mosaics[0, :, 8:16, 0:6], x[4])
+    assert torch.equal(untile(mosaics, 4, count), x)
+    charged = shares([160, 320, 100], 4, count)
+    assert charged[:16] == [10.0] * 16 and charged[16:32] == [20.0] * 16 and charged[32:] == [20.0] * 5
+    assert sum(charged) == 160 + 320 + 100  # every byte is paid for by real images

@@ -213,3 +213,30 @@ def test_mllm_evaluate_writes_joined_results_and_a_curve_per_task(
     assert (tmp_path / "out" / "rate_tiny_vqa.png").is_file() and "tiny_vqa" in (
         tmp_path / "out" / "results.csv"
     ).read_text()
+
+
+def test_paper2_pixel_path_codes_at_native_size_and_records_bytes_growing_with_the_rate(tiny_llava, tmp_path):
+    """path=preedit: the decoded image, at the original size, through LLaVA's own processor; bytes per sample."""
+    from helpers.config import TINY, hydra_cfg
+    from PIL import Image
+
+    from latentbridge.mllm.lmms_model import LatentBridgeLLaVA
+    from latentbridge.workflows.train import run as train_run
+
+    with hydra_cfg(["experiment=mini_p2", *TINY, "trainer.max_epochs=1"], tmp_path) as cfg:
+        train_run(cfg)
+    image = Image.fromarray((torch.rand(45, 61, 3) * 255).byte().numpy())
+    seen, sizes = [], []
+    for rate in ("q=0", "q=1"):
+        lm = LatentBridgeLLaVA(reader=_reader(tiny_llava), run=str(tmp_path / "run"), path="preedit", rate=rate)
+        with torch.no_grad():  # a barely trained codec codes only zeros at low gains: make its latents large
+            lm.module.codec.model.g_a[-1].weight.mul_(300)
+        proc = lm.reader.processor.image_processor
+        lm.reader.processor.image_processor = lambda im, proc=proc, **k: seen.append(im.size) or proc(im, **k)
+        feats, nbytes, pixels = lm.features(image)
+        assert feats.shape[0] == 1 and pixels == 45 * 61
+        sizes.append(nbytes)
+    assert seen == [(61, 45), (61, 45)]  # LLaVA's processor gets the decoded image at the original size
+    assert sizes[0] < sizes[1]
+    with pytest.raises(Exception, match="rate: path=preedit needs the rate"):
+        LatentBridgeLLaVA(reader=_reader(tiny_llava), run=str(tmp_path / "run"), path="preedit")

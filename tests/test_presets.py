@@ -12,8 +12,22 @@ from helpers.config import TINY, TINY_D1, hydra_cfg
 from latentbridge.workflows.train import run as train_run
 
 PHASE2 = ("mini_d2", "mini_d3", "paper_d2", "paper_d3")
-MINI = ["mini_d1", "mini_d2", "mini_d3", "mini_post_processing", "mini_codec", "mini_teacher"]
+MINI = [
+    "mini_d1",
+    "mini_d2",
+    "mini_d3",
+    "mini_post_processing",
+    "mini_codec",
+    "mini_teacher",
+    "mini_codec_vbr",
+    "mini_p2",
+]
 PAPER = ["paper_d1", "paper_d1_llava", "paper_d2", "paper_d3", "paper_post_processing", "paper_codec"]
+PAPER += ["paper_codec_vbr", "paper_p2_llava"]
+LLAVA_TOWER = (  # LLaVA-1.5's tower geometry (24 blocks, 1024 wide, patch 14 at 336), random weights
+    "vision.config={vision_config:{hidden_size:1024,intermediate_size:4096,num_hidden_layers:24,"
+    "num_attention_heads:16,image_size:336,patch_size:14},projection_dim:768}"
+)
 
 
 def _one_step(experiment: str, tmp_path, *extra: str) -> dict:
@@ -33,7 +47,7 @@ def _one_step(experiment: str, tmp_path, *extra: str) -> dict:
 def test_every_mini_preset_runs_one_step(experiment, tmp_path):
     extra = ["scenario.post.base_channels=4"] if experiment == "mini_post_processing" else []
     _one_step(experiment, tmp_path, *extra)
-    if experiment in ("mini_codec", "mini_teacher"):
+    if experiment in ("mini_codec", "mini_teacher", "mini_codec_vbr", "mini_p2"):
         assert (tmp_path / "run" / "export.pt").is_file()  # the artifact a cache entry is made of
 
 
@@ -48,14 +62,12 @@ def test_a_run_that_takes_no_training_step_is_an_error_naming_the_batch_size(tmp
 @pytest.mark.slow
 @pytest.mark.parametrize("experiment", PAPER)
 def test_every_paper_preset_runs_one_step_at_its_real_size(experiment, tmp_path):
-    size = 384 if experiment == "paper_d1_llava" else 256  # the preset's own input size (24x24 or 16x16 grid)
+    llava = experiment in ("paper_d1_llava", "paper_p2_llava")
+    size = 384 if llava else 256  # the preset's own input size (24x24 or 16x16 grid)
     extra = ["codec.checkpoint=null", "trainer=cpu", "data.batch_size=1", "data.eval_batch_size=1"]
     extra += [f"data.image_size={size}", f"data.raw_size={size}"]
-    if experiment == "paper_d1_llava":  # LLaVA-1.5's tower geometry (24 blocks, 1024 wide, patch 14 at 336), random
-        extra.append(
-            "vision.config={vision_config:{hidden_size:1024,intermediate_size:4096,num_hidden_layers:24,"
-            "num_attention_heads:16,image_size:336,patch_size:14},projection_dim:768}"
-        )
-    elif experiment != "paper_codec":
+    if llava:
+        extra.append(LLAVA_TOWER)
+    elif experiment not in ("paper_codec", "paper_codec_vbr"):
         extra.append("vision.pretrained=null")
     _one_step(experiment, tmp_path, *extra)

@@ -125,6 +125,7 @@ def test_bug4_every_key_named_in_an_error_message_applies_as_an_override(tmp_pat
         "train+d3": ["experiment=mini_d3"],
         "train+post": ["experiment=mini_post_processing"],
         "train+codec": ["experiment=mini_codec"],
+        "train+p2": ["experiment=mini_p2"],
         "train+folder": ["data=image_folder"],
         "evaluate": [],
         "reproduce": [],

@@ -160,3 +160,67 @@ def test_premise_and_training_benchmark_scripts_run(tmp_path):
     lines = res.stdout.splitlines()
     assert any(line.startswith("uncached-fp32") and line.endswith("1.00x") for line in lines)
     assert any(line.startswith("cached-fp32") for line in lines) and "read-back of y_hat" in res.stdout
+
+
+@pytest.mark.slow
+def test_the_tiny_paper2_plan_trains_one_variable_rate_model_evaluates_it_at_every_rate_and_reruns_nothing(
+    tmp_path, caplog
+):
+    cfg = _cfg(tmp_path, "plan=tiny_p2")
+    results = _run(cfg)
+    out = tmp_path / "out"
+    rows = [r for r in results["rows"] if r["method"] == "p2"]
+    assert [r["lmbda"] for r in rows] == [1.0e-5, 0.0001, 0.001, 0.0032] and len({r["run"] for r in rows}) == 1
+    assert sorted(p.name for p in (out / "p2" / "vbr").glob("evaluation_lambda*.json")) == [
+        "evaluation_lambda0.0001.json",
+        "evaluation_lambda0.001.json",
+        "evaluation_lambda0.0032.json",
+        "evaluation_lambda1e-05.json",
+    ]
+    assert [r["lmbda"] for r in results["rows"] if r["method"] == "p2_fixed"] == [0.0001]
+    verdicts = {f["id"]: f["holds"] for f in results["findings"]}
+    assert list(verdicts) == ["F1", "F2", "F3", "F4", "F5", "F6", "F7"]
+    assert verdicts["F3"] is None and verdicts["F4"] is None  # the tiny plan has no such runs: not measured
+    assert verdicts["F1"] in (True, False) and verdicts["F2"] in (True, False)
+    assert results["premise"] is None and (out / "p2_rate_accuracy.png").is_file()
+    jpeg = [r for r in results["rows"] if r["method"] == "jpeg"]  # anchors on the same 2x2 mosaics
+    assert [r["quality"] for r in jpeg] == [10, 50] and all(r["images"] == 30 for r in jpeg + rows)
+    with caplog.at_level(logging.INFO, logger="latentbridge"):
+        again = _run(cfg)
+    assert "evaluated" not in caplog.text and caplog.text.count("finished, kept") == 4
+    assert again["rows"] == results["rows"]
+
+
+def test_paper2_findings_say_yes_no_or_not_measured_on_synthetic_rows():
+    from omegaconf import OmegaConf
+
+    from latentbridge.analysis.findings_p2 import check_findings
+
+    def rows(method, top1s, bpps=(0.2, 0.3, 0.4, 0.5)):
+        return [
+            {"method": method, "lmbda": lm, "bpp": b, "bpp_est": b - 0.2, "top1": t}
+            for lm, b, t in zip((1, 2, 3, 4), bpps, top1s)
+        ]
+
+    cfg = OmegaConf.create(
+        {
+            "plan": {
+                "reference_run": "codec0",
+                "findings": {"vbr": "p2", "fixed": "fx", "pixel": "px", "noedit": "ne", "token_only": "tk"},
+            }
+        }
+    )
+    n = 200
+    per_image = {}
+    good = [0.6, 0.7, 0.8, 0.85]
+    data = rows("p2", good) + rows("px", [0.5, 0.6, 0.7, 0.8]) + rows("fx", [0.6, 0.7, 0.8, 0.86])
+    data += rows("ne", [0.65, 0.75, 0.8, 0.9])
+    for method, tops in (("p2", good), ("px", [0.5, 0.6, 0.7, 0.8]), ("ne", [0.65, 0.75, 0.8, 0.9])):
+        for lm, t in zip((1, 2, 3, 4), tops):
+            correct = [1.0] * int(t * n) + [0.0] * (n - int(t * n))
+            per_image[(method, float(lm))] = {"index": list(range(n)), "correct_method": correct}
+    verdicts = {f["id"]: f["holds"] for f in check_findings(cfg, data, per_image)}
+    assert verdicts["F1"] is True  # within 0.01 of every fixed point
+    assert verdicts["F2"] is True  # higher everywhere, and the paired interval excludes 0
+    assert verdicts["F3"] is False  # the model without the editor is better
+    assert verdicts["F4"] is None and verdicts["F5"] is None  # no such rows / no anchors

@@ -35,6 +35,8 @@ def complexity_report(cfg: DictConfig) -> list[ComponentCost]:
     size, k = int(cfg.data.image_size), module.skip_blocks
     pixels = size * size
     x = torch.rand(1, 3, size, size)
+    if hasattr(module, "editor"):
+        return edge_and_server(module, x)
     with torch.no_grad():
         y_hat = module.codec.latent(x).y_hat
     vision = module.vision
@@ -66,13 +68,29 @@ def complexity_report(cfg: DictConfig) -> list[ComponentCost]:
     return rows
 
 
+def edge_and_server(module: torch.nn.Module, x: torch.Tensor) -> list[ComponentCost]:
+    """Paper 2 (pixel path): the edge runs the pre-editor and the codec's encoder, the server the decoder (then the
+    large model's own vision tower, unchanged)."""
+    pixels = x.shape[-2] * x.shape[-1]
+    codec, gain = module.codec, module.codec.ladder.gain(0.5)
+    with torch.no_grad():
+        y_hat = codec.latent(x, gain).y_hat
+    rows = []
+    if list(module.editor.parameters()):
+        rows.append(cost("pre-editor (edge)", [module.editor], lambda im: module.editor(im, 0.5), x, pixels=pixels))
+    rows.append(cost("codec encoder g_a (edge)", [codec.model.g_a], codec.model.g_a, x, pixels=pixels))
+    rows.append(cost("codec decoder g_s (server)", [codec.model.g_s], codec.synthesize, y_hat, pixels=pixels))
+    return rows
+
+
 def complexity(cfg: DictConfig) -> list[ComponentCost]:
     """Count, print the table (with the paper's Table 3 beside it for paper presets), write complexity.json."""
     rows = complexity_report(cfg)
     paper = str(cfg.get("experiment_name") or "").startswith("paper_")
+    where = f"k={cfg.scenario.skip_blocks}" if "skip_blocks" in cfg.scenario else "pixel path"
     table = Table(
         title=f"complexity at {cfg.data.image_size}x{cfg.data.image_size} ({cfg.codec.name}, "
-        f"{cfg.vision.model_name}, k={cfg.scenario.skip_blocks})"
+        f"{cfg.vision.model_name}, {where})"
     )
     for col in ("component", "params (M)", "GMAC", "kMAC/pixel") + (("paper Table 3",) if paper else ()):
         table.add_column(col, justify="left" if col == "component" else "right")
@@ -86,6 +104,9 @@ def complexity(cfg: DictConfig) -> list[ComponentCost]:
             *((f"{ref[0]:.2f}M / {ref[1]:.3f}" if ref else "",) if paper else ()),
         )
     Console().print(table)
+    macs = {r.component: r.macs for r in rows}
+    if "pre-editor (edge)" in macs:
+        print(f"pre-editor / codec encoder MACs: {macs['pre-editor (edge)'] / macs['codec encoder g_a (edge)']:.2f}x")
     out = Path(cfg.paths.output_dir) / "complexity.json"
     atomic_write_json(out, {"image_size": cfg.data.image_size, "rows": [r.as_dict() for r in rows]})
     print(f"complexity: {out}")

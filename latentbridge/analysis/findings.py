@@ -31,7 +31,8 @@ class Rows:
     """Lookup of a metric by (method, lambda)."""
 
     def __init__(self, rows: list[dict[str, Any]]) -> None:
-        self.by = {(r["method"], r.get("lmbda")): r for r in rows}
+        # rate points by lambda; traditional anchors (no lambda) by quality
+        self.by = {(r["method"], r["lmbda"] if r.get("lmbda") is not None else r.get("quality")): r for r in rows}
 
     def get(self, method: str, lmbda: float, metric: str) -> float | None:
         row = self.by.get((method, lmbda))
@@ -113,7 +114,8 @@ def server_macs(run_dirs: dict[str, Path]) -> dict[str, float] | None:
     return {"neck": neck, "post": post}
 
 
-def check_findings(cfg: DictConfig, rows_list: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def check_findings(cfg: DictConfig, rows_list: list[dict[str, Any]], per_image: Any = None) -> list[dict[str, Any]]:
+    """Findings (i)-(vi) from the plan's rows (``per_image`` is unused: paper 1's thresholds are on means)."""
     rows = Rows(rows_list)
     rates = sorted(cfg.plan.rates)
     abl = sorted(cfg.plan.ablation_rates)

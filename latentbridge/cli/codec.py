@@ -2,8 +2,13 @@
 
     latentbridge-codec encode --codec codec.pt img1.png img2.jpg -o out/     # out/img1.lbr, out/img2.lbr
     latentbridge-codec decode --codec codec.pt out/img1.lbr -o rec/ [--latent] # rec/img1.png (+ img1.latent.pt)
+    latentbridge-codec encode --codec p2/export.pt --rate 0.0009 img.png -o out/  # a variable-rate codec (paper 2)
 
-``--codec`` is a trained codec checkpoint (phase 0's export, e.g. .cache/latentbridge/codecs/mini_lambda*.pt).
+``--codec`` is a trained codec checkpoint (phase 0's export, e.g. .cache/latentbridge/codecs/mini_s8_lambda*.pt,
+or a paper-2 run's export.pt). A variable-rate codec needs ``--rate`` to encode (a lambda inside its ladder, or
+``q=<0..1>``); the stream carries its gain, so decoding needs no rate. A paper-2 export also carries the pre-editor,
+applied before encoding (``--no-preedit`` skips it; ``--preedit FILE`` takes it from another export of the same
+codec).
 Every problem with an input file is one line on stderr naming the file; the exit status is 2.
 """
 
@@ -11,16 +16,19 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from torchvision.transforms.functional import to_pil_image
 
 from latentbridge.codecs.adapter import load_codec_checkpoint
 from latentbridge.codecs.bitstream import bits_per_pixel_of, decode_latent, encode_image
-from latentbridge.core.atomic_io import atomic_write_bytes
-from latentbridge.core.errors import DataError, LatentBridgeError
+from latentbridge.core.atomic_io import atomic_write_bytes, read_checkpoint
+from latentbridge.core.errors import ConfigError, DataError, LatentBridgeError
 from latentbridge.core.images import read_image
+from latentbridge.nn.pre_editor import load_editor
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,17 +38,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--codec", required=True, type=Path, help="trained codec checkpoint")
     parser.add_argument("-o", "--output-dir", required=True, type=Path)
     parser.add_argument("--latent", action="store_true", help="decode: also write y_hat (.latent.pt)")
+    parser.add_argument("--rate", help="encode with a variable-rate codec: a lambda of its ladder, or q=<0..1>")
+    parser.add_argument("--preedit", type=Path, help="encode: the pre-editor of this export (default: the codec's)")
+    parser.add_argument("--no-preedit", action="store_true", help="encode: skip the pre-editor")
     args = parser.parse_args(argv)
     try:
         codec, lmbda = load_codec_checkpoint(args.codec)
+        rate, edit = encode_settings(args, codec, lmbda)
         for path in args.inputs:
             if args.command == "encode":
                 x = read_image(path)
-                data = encode_image(codec, x, lmbda)
+                with torch.no_grad():
+                    data = encode_image(codec, edit(x), rate)
                 out = args.output_dir / f"{path.stem}.lbr"
                 atomic_write_bytes(out, data)
                 bpp = bits_per_pixel_of(data, x.shape[-2], x.shape[-1])
-                print(f"{path} -> {out}: {len(data)} bytes, {bpp:.4f} bpp ({x.shape[-1]}x{x.shape[-2]})")
+                at = "" if not codec.variable_rate else f", gain {rate:.6g}"
+                print(f"{path} -> {out}: {len(data)} bytes, {bpp:.4f} bpp ({x.shape[-1]}x{x.shape[-2]}{at})")
             else:
                 try:
                     data = path.read_bytes()
@@ -61,6 +75,34 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+def encode_settings(args: argparse.Namespace, codec: Any, lmbda: float | None) -> tuple[float | None, Callable]:
+    """The header rate (lambda or gain) and the edge function of an ``encode``; bad flags are one-line errors."""
+    if args.command != "encode":
+        if args.rate is not None or args.preedit is not None:
+            raise ConfigError("--rate / --preedit: decoding reads the rate from the bitstream; they are for encode")
+        return lmbda, lambda x: x
+    if not codec.variable_rate:
+        if args.rate is not None or args.preedit is not None:
+            raise ConfigError(f"--rate / --preedit: {args.codec} is a fixed-rate codec (lambda={lmbda})")
+        return lmbda, lambda x: x
+    if args.rate is None:
+        lo, hi = codec.ladder.lmbda_min, codec.ladder.lmbda_max
+        raise ConfigError(
+            f"--rate: {args.codec} is a variable-rate codec; give a lambda in [{lo:g}, {hi:g}] or q=<0..1>"
+        )
+    try:
+        q = codec.ladder.resolve(args.rate)
+    except ConfigError as e:
+        raise ConfigError(f"--rate: {str(e).removeprefix('rates: ')}") from None
+    editor = None
+    if not args.no_preedit:
+        source = args.preedit or args.codec
+        obj = read_checkpoint(source, "--preedit")
+        if args.preedit is not None or (isinstance(obj, dict) and "editor" in obj):
+            editor = load_editor(obj.get("editor", obj) if isinstance(obj, dict) else obj, codec, str(source))
+    return codec.ladder.gain(q), (lambda x: x) if editor is None else (lambda x: editor(x, q))
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from compressai.registry import MODELS
 from torch import Tensor, nn
 
 from latentbridge.codecs.mini import MINI_MODEL
+from latentbridge.codecs.vbr import MINI_VBR_MODEL, VBR_MODEL, RateLadder
 from latentbridge.core.atomic_io import read_checkpoint
 from latentbridge.core.digest import DERIVED
 from latentbridge.core.errors import CheckpointError, ConfigError
@@ -58,6 +59,8 @@ def bits_per_pixel(likelihoods: dict[str, Tensor], num_pixels: int) -> Tensor:
 class CodecAdapter(nn.Module):
     """A compressai model behind the interface the rest of LatentBridge uses."""
 
+    variable_rate: bool = False  # one model for a range of rates: every coding call takes the gain (VbrAdapter)
+    ladder: RateLadder | None = None
     stride: int = 16  # spatial downsampling from x to y_hat
     pad_multiple: int = 64  # compressai hyperprior codecs need H, W divisible by 64
     decoder: str = "model.g_s"  # the synthesis transform: unused and frozen in d3 (paper Table 1)
@@ -74,58 +77,78 @@ class CodecAdapter(nn.Module):
     def latent_channels(self) -> int:
         return int(self.arch["M"])
 
-    def _code(self, y: Tensor) -> LatentOutput:
+    def _code(self, y: Tensor, gain: Tensor | None = None) -> LatentOutput:
         """The entropy model on y = g_a(x): the coded y_hat and its likelihoods (float32)."""
         raise NotImplementedError
 
-    def latent(self, x: Tensor) -> LatentOutput:
+    def check_gain(self, gain: float | Tensor | None) -> Tensor | None:
+        """A fixed-rate codec takes no gain; a variable-rate one needs one (a float32 scalar tensor after this)."""
+        if not self.variable_rate:
+            if gain is not None:
+                raise ConfigError(
+                    f"codec.name: codec '{self.name}' is fixed-rate (lambda={self.lmbda}); a rate applies to "
+                    "variable-rate codecs only (e.g. codec=mini_vbr)"
+                )
+            return None
+        if gain is None:
+            raise ConfigError(f"codec.name: codec '{self.name}' is variable-rate; every coding call needs a rate")
+        dev = next(self.model.parameters()).device
+        return gain.to(dev, torch.float32) if isinstance(gain, Tensor) else torch.tensor(float(gain), device=dev)
+
+    def latent(self, x: Tensor, gain: float | Tensor | None = None) -> LatentOutput:
         """x in [0, 1], (B, 3, H, W) with H, W multiples of ``pad_multiple`` -> coded y_hat (B, M, H/s, W/s).
         Under mixed precision the analysis transform runs in the autocast dtype and the entropy model (hyperprior,
         quantization, likelihoods) in float32: rounding and probabilities in bf16 would code other values."""
         h, w = x.shape[-2:]
         if h % self.pad_multiple or w % self.pad_multiple:
             raise ValueError(f"codec '{self.name}' needs H and W divisible by {self.pad_multiple}, got {h}x{w}")
+        gain = self.check_gain(gain)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         y = self.model.g_a(x)
         with torch.autocast(x.device.type, enabled=False):
-            return self._code(y.float())
+            return self._code(y.float(), gain)
 
     def synthesize(self, y_hat: Tensor) -> Tensor:
         """x_hat = g_s(y_hat), clamped to [0, 1]."""
         return self.model.g_s(y_hat).clamp(0, 1)
 
-    def forward(self, x: Tensor) -> dict[str, Any]:
+    def forward(self, x: Tensor, gain: float | Tensor | None = None) -> dict[str, Any]:
         """compressai's forward: ``{"x_hat", "likelihoods"}`` (additive noise in train mode)."""
+        self.check_gain(gain)
         return self.model(x)
 
     def aux_loss(self) -> Tensor:
         """The entropy bottleneck's quantile loss (a sum: it scales with nothing but the model)."""
         return self.model.aux_loss()
 
-    def compress(self, x: Tensor) -> dict[str, Any]:
+    def compress(self, x: Tensor, gain: float | Tensor | None = None) -> dict[str, Any]:
         """Entropy-code x (H, W multiples of ``pad_multiple``): compressai's ``{"strings", "shape"}``.
         Call ``model.update(force=True)`` once after training first."""
+        self.check_gain(gain)
         out = self.model.compress(x)
         return {"strings": out["strings"], "shape": out["shape"]}
 
-    def decompress_latent(self, strings: list[list[bytes]], shape: Any) -> Tensor:
+    def decompress_latent(self, strings: list[list[bytes]], shape: Any, gain: float | Tensor | None = None) -> Tensor:
         """Entropy-decode y_hat only: what the server's transform-neck reads (no g_s, no pixels)."""
         raise NotImplementedError
 
     @torch.no_grad()
-    def compress_batch(self, x: Tensor) -> tuple[list[list[list[bytes]]], LatentOutput]:
+    def compress_batch(
+        self, x: Tensor, gain: float | Tensor | None = None
+    ) -> tuple[list[list[list[bytes]]], LatentOutput]:
         """A batch of equal-size images (H, W multiples of ``pad_multiple``) -> each image's strings (as
         ``compress`` gives them for that image alone) and, from the same g_a pass, y_hat and the likelihoods (the
         estimated rate). Call ``model.update(force=True)`` once after training first."""
+        gain = self.check_gain(gain)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         y = self.model.g_a(x).float()
-        strings = self._compress_y(y)
+        strings = self._compress_y(y, gain)
         per_image = [[[group[i]] for group in strings] for i in range(x.shape[0])]
-        return per_image, self._code(y)
+        return per_image, self._code(y, gain)
 
-    def _compress_y(self, y: Tensor) -> list[list[bytes]]:
+    def _compress_y(self, y: Tensor, gain: Tensor | None = None) -> list[list[bytes]]:
         """compressai's ``compress`` after g_a: ``[y strings, z strings]`` (or the family's groups)."""
         raise NotImplementedError
 
@@ -138,7 +161,7 @@ class CodecAdapter(nn.Module):
 class HyperpriorAdapter(CodecAdapter):
     """Ballé et al. 2018 scale hyperprior (``bmshj2018-hyperprior``): y_hat = round(y)."""
 
-    def _code(self, y: Tensor) -> LatentOutput:
+    def _code(self, y: Tensor, gain: Tensor | None = None) -> LatentOutput:
         m = self.model
         z_hat, z_lik = m.entropy_bottleneck(m.h_a(torch.abs(y)))
         y_hat, y_lik = m.gaussian_conditional(y, m.h_s(z_hat))
@@ -146,13 +169,14 @@ class HyperpriorAdapter(CodecAdapter):
             y_hat = quantize_ste(y)
         return LatentOutput(y_hat, {"y": y_lik, "z": z_lik})
 
-    def decompress_latent(self, strings: list[list[bytes]], shape: Any) -> Tensor:
+    def decompress_latent(self, strings: list[list[bytes]], shape: Any, gain: float | Tensor | None = None) -> Tensor:
+        self.check_gain(gain)
         m = self.model
         z_hat = m.entropy_bottleneck.decompress(strings[1], shape)
         indexes = m.gaussian_conditional.build_indexes(m.h_s(z_hat))
         return m.gaussian_conditional.decompress(strings[0], indexes, z_hat.dtype)
 
-    def _compress_y(self, y: Tensor) -> list[list[bytes]]:
+    def _compress_y(self, y: Tensor, gain: Tensor | None = None) -> list[list[bytes]]:
         m = self.model
         z = m.h_a(torch.abs(y))
         z_strings = compress_bottleneck(m.entropy_bottleneck, z)
@@ -164,7 +188,7 @@ class HyperpriorAdapter(CodecAdapter):
 class MeanScaleAdapter(CodecAdapter):
     """Minnen et al. 2018 mean-scale hyperprior (``mbt2018-mean``, the mini codec): y_hat = round(y - mu) + mu."""
 
-    def _code(self, y: Tensor) -> LatentOutput:
+    def _code(self, y: Tensor, gain: Tensor | None = None) -> LatentOutput:
         m = self.model
         z_hat, z_lik = m.entropy_bottleneck(m.h_a(y))
         scales, means = m.h_s(z_hat).chunk(2, 1)
@@ -173,40 +197,103 @@ class MeanScaleAdapter(CodecAdapter):
             y_hat = quantize_ste(y - means) + means
         return LatentOutput(y_hat, {"y": y_lik, "z": z_lik})
 
-    def decompress_latent(self, strings: list[list[bytes]], shape: Any) -> Tensor:
+    def decompress_latent(self, strings: list[list[bytes]], shape: Any, gain: float | Tensor | None = None) -> Tensor:
+        self.check_gain(gain)
         m = self.model
         z_hat = m.entropy_bottleneck.decompress(strings[1], shape)
         scales, means = m.h_s(z_hat).chunk(2, 1)
         indexes = m.gaussian_conditional.build_indexes(scales)
         return m.gaussian_conditional.decompress(strings[0], indexes, means=means)
 
-    def _compress_y(self, y: Tensor) -> list[list[bytes]]:
+    def _compress_y(self, y: Tensor, gain: Tensor | None = None) -> list[list[bytes]]:
         m = self.model
         z = m.h_a(y)
         z_strings = compress_bottleneck(m.entropy_bottleneck, z)
         z_hat = m.entropy_bottleneck.decompress(z_strings, z.size()[-2:])
         scales, means = m.h_s(z_hat).chunk(2, 1)
-        indexes = m.gaussian_conditional.build_indexes(scales)
-        return [entropy_compress(m.gaussian_conditional, y, indexes, means), z_strings]
+        g = 1.0 if gain is None else gain  # a variable-rate codec codes (y - mu) g with scales sigma g
+        indexes = m.gaussian_conditional.build_indexes(scales * g)
+        return [entropy_compress(m.gaussian_conditional, y * g, indexes, means * g), z_strings]
 
 
 class ElicAdapter(CodecAdapter):
     """ELIC (He et al. 2022; paper 4.1): uneven channel groups + checkerboard context in a latent codec.
     compressai's latent codecs already return a straight-through rounded y_hat in train mode."""
 
-    def _code(self, y: Tensor) -> LatentOutput:
+    def _code(self, y: Tensor, gain: Tensor | None = None) -> LatentOutput:
         out = self.model.latent_codec(y)
         return LatentOutput(out["y_hat"], _flatten_likelihoods(out["likelihoods"]))
 
-    def decompress_latent(self, strings: list[list[bytes]], shape: Any) -> Tensor:
+    def decompress_latent(self, strings: list[list[bytes]], shape: Any, gain: float | Tensor | None = None) -> Tensor:
+        self.check_gain(gain)
         return self.model.latent_codec.decompress(strings, shape)["y_hat"]
 
-    def _compress_y(self, y: Tensor) -> list[list[bytes]]:
+    def _compress_y(self, y: Tensor, gain: Tensor | None = None) -> list[list[bytes]]:
         return self.model.latent_codec.compress(y)["strings"]
 
     def coded_shape(self, height: int, width: int) -> Any:
         grid = (height // self.stride, width // self.stride)
         return {"y": [torch.Size([g, *grid]) for g in self.model.groups], "hyper": super().coded_shape(height, width)}
+
+
+class VbrAdapter(MeanScaleAdapter):
+    """A variable-rate mean-scale hyperprior (paper 2's "adaptive layer", ``codecs/vbr.py``): y is coded as the
+    symbols s = round((y - mu) g) with scales sigma g; y_hat = sign(s) (|s| + o(sigma g, g)) / g + mu, o the learned
+    reconstruction offset (0 where s = 0). z is coded at a fixed step (compressai's ``vr_entbttlnck=False``), so the
+    entropy tables are built once for every rate. In train mode the rate uses additive noise on y g and y_hat is
+    rounded with a straight-through gradient (compressai's stage-2 training path)."""
+
+    variable_rate = True
+
+    def _hyper(self, y: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        m = self.model
+        z = m.h_a(y)
+        z_hat, z_lik = m.entropy_bottleneck(z)
+        if self.training:  # compressai's stage 2: z rounded around the medians, straight-through
+            medians = m.entropy_bottleneck._get_medians()
+            z_hat = quantize_ste(z - medians) + medians
+        scales, means = m.h_s(z_hat).chunk(2, 1)
+        return z_hat, z_lik, scales, means
+
+    def _reconstruct(self, signs: Tensor, q_abs: Tensor, scales: Tensor, means: Tensor, gain: Tensor) -> Tensor:
+        """y_hat = sign (|s| + o) / g + mu from the symbols' signs and magnitudes (compressai's operations)."""
+        m = self.model
+        stdev = m.gaussian_conditional.lower_bound_scale(scales * gain)
+        pairs = torch.stack((stdev, gain.detach().expand_as(stdev)), dim=4)
+        offsets = -m.QuantABCD(pairs).squeeze(4)
+        offsets = torch.where(q_abs < 1e-4, torch.zeros_like(offsets), offsets)  # no offset where s = 0
+        return signs * (q_abs + offsets) * (1.0 / gain.detach()) + means
+
+    def _code(self, y: Tensor, gain: Tensor | None = None) -> LatentOutput:
+        m = self.model
+        _, z_lik, scales, means = self._hyper(y)
+        centred = (y - means) * gain
+        if self.training:  # compressai's stage 2: the sign of the unrounded value, |.| rounded straight-through, so
+            signs, q_abs = torch.sign(centred).detach(), quantize_ste(centred.abs())  # y gets a gradient at s = 0
+        else:
+            symbols = torch.round(centred)
+            signs, q_abs = torch.sign(symbols), symbols.abs()
+        _, y_lik = m.gaussian_conditional(y * gain, scales * gain, means=means * gain)
+        return LatentOutput(self._reconstruct(signs, q_abs, scales, means, gain), {"y": y_lik, "z": z_lik})
+
+    def forward(self, x: Tensor, gain: float | Tensor | None = None) -> dict[str, Any]:
+        """``{"x_hat", "likelihoods"}`` at ``gain`` (train mode: noisy rate, straight-through y_hat)."""
+        y_hat, likelihoods = self.latent(x, gain)
+        return {"x_hat": self.model.g_s(y_hat), "likelihoods": likelihoods}
+
+    @torch.no_grad()
+    def compress(self, x: Tensor, gain: float | Tensor | None = None) -> dict[str, Any]:
+        gain = self.check_gain(gain)
+        return {"strings": self._compress_y(self.model.g_a(x).float(), gain), "shape": self.coded_shape(*x.shape[-2:])}
+
+    def decompress_latent(self, strings: list[list[bytes]], shape: Any, gain: float | Tensor | None = None) -> Tensor:
+        gain = self.check_gain(gain)
+        m = self.model
+        z_hat = m.entropy_bottleneck.decompress(strings[1], shape)
+        scales, means = m.h_s(z_hat).chunk(2, 1)
+        indexes = m.gaussian_conditional.build_indexes(scales * gain)
+        symbols = m.gaussian_conditional.decompress(strings[0], indexes, z_hat.dtype)
+        return self._reconstruct(torch.sign(symbols), symbols.abs(), scales, means, gain)
 
 
 def _coder_tables(model: Any) -> tuple[list, list, list]:
@@ -267,6 +354,7 @@ class CodecSpec:
     zoo: str | None = None
     stride: int = 16  # x -> y_hat
     pad_multiple: int = 64  # x -> z_hat: inputs must be multiples of it
+    ladder: tuple[float, float, float] | None = None  # variable-rate codecs: default (lmbda_min, lmbda_max, lmbda_ref)
 
     @property
     def model_cls(self) -> Callable[..., CompressionModel]:
@@ -284,6 +372,11 @@ CODECS: dict[str, CodecSpec] = {
     "mbt2018-mean": CodecSpec("mbt2018-mean", MeanScaleAdapter, 3, {"N": 128, "M": 192}, "mbt2018-mean"),
     "elic2022-official": CodecSpec("elic2022-official", ElicAdapter, 4, {"N": 192, "M": 320}),
     "elic2022-chandelier": CodecSpec("elic2022-chandelier", ElicAdapter, 5, {"N": 192, "M": 320}),
+    # Paper 2's variable-rate codecs (codecs/vbr.py): one model for a continuous range of rates.
+    "mini-vbr": CodecSpec(
+        MINI_VBR_MODEL, VbrAdapter, 7, {"N": 48, "M": 64}, stride=8, pad_multiple=16, ladder=(1.0e-5, 3.2e-3, 3.2e-3)
+    ),
+    "mbt2018-mean-vbr": CodecSpec(VBR_MODEL, VbrAdapter, 8, {"N": 192, "M": 320}, ladder=(0.0018, 0.18, 0.18)),
 }
 
 
@@ -311,15 +404,18 @@ def build_codec(
     zoo_metric: str = "mse",
     lmbda: float | None = None,
     channels_last: bool = False,
+    ladder: dict[str, float] | None = None,
     **_: Any,
 ) -> CodecAdapter:
     """Build a codec adapter: from ``checkpoint`` (local file), else the compressai zoo, else random init.
 
-    ``lmbda`` names the rate point; ``channels_last`` puts the convolutions in NHWC (GPU tensor cores); extra
+    ``lmbda`` names the rate point of a fixed-rate codec, ``ladder`` (``{lmbda_min, lmbda_max}``) the rate range of a
+    variable-rate one; ``channels_last`` puts the convolutions in NHWC (GPU tensor cores); extra
     keys (preparation settings) belong to the config group.
     """
     spec = codec_spec(name)
     arch = {**spec.arch, **dict(arch or {})}
+    rates = _ladder(spec, name, lmbda, ladder)
     if checkpoint is None and zoo_quality is not None:
         if spec.zoo is None:
             raise ConfigError(f"codec.zoo_quality: compressai's zoo has no weights for '{name}'; set codec.checkpoint")
@@ -333,9 +429,9 @@ def build_codec(
                 f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); offline? use codec.checkpoint"
             ) from None
         arch = {"N": model.N if hasattr(model, "N") else arch["N"], "M": model.M if hasattr(model, "M") else arch["M"]}
-        return _adapter(spec, model, name, arch, lmbda)
+        return _adapter(spec, model, name, arch, lmbda, rates)
     model = spec.model_cls(**arch)
-    adapter = _adapter(spec, model, name, arch, lmbda)
+    adapter = _adapter(spec, model, name, arch, lmbda, rates)
     if checkpoint is not None:
         load_codec_weights(adapter, checkpoint)
     if channels_last:
@@ -344,9 +440,31 @@ def build_codec(
     return adapter
 
 
-def _adapter(spec: CodecSpec, model: CompressionModel, name: str, arch: dict[str, Any], lmbda: float | None):
+def _ladder(spec: CodecSpec, name: str, lmbda: float | None, ladder: dict[str, float] | None) -> RateLadder | None:
+    """The rate range of a variable-rate codec (config, else the registry's default); None for a fixed-rate one."""
+    if not spec.adapter_cls.variable_rate:
+        if ladder is not None:
+            raise ConfigError(f"codec.ladder: codec '{name}' is fixed-rate; a ladder applies to variable-rate codecs")
+        return None
+    if lmbda is not None:
+        raise ConfigError(f"codec.lmbda: codec '{name}' is variable-rate (one model for its codec.ladder); set null")
+    keys = ("lmbda_min", "lmbda_max", "lmbda_ref")
+    given = dict(ladder) if ladder is not None else dict(zip(keys, spec.ladder))
+    if set(given) - set(keys) or not {"lmbda_min", "lmbda_max"} <= set(given):
+        raise ConfigError(f"codec.ladder: needs lmbda_min, lmbda_max (and optionally lmbda_ref), got {sorted(given)}")
+    return RateLadder(*(float(given[k]) for k in keys if k in given))
+
+
+def _adapter(
+    spec: CodecSpec,
+    model: CompressionModel,
+    name: str,
+    arch: dict[str, Any],
+    lmbda: float | None,
+    ladder: RateLadder | None = None,
+) -> CodecAdapter:
     adapter = spec.adapter_cls(model, name, arch, lmbda)
-    adapter.stride, adapter.pad_multiple = spec.stride, spec.pad_multiple
+    adapter.stride, adapter.pad_multiple, adapter.ladder = spec.stride, spec.pad_multiple, ladder
     return adapter
 
 
@@ -359,6 +477,12 @@ def load_codec_weights(adapter: CodecAdapter, path: str | Path) -> None:
             raise CheckpointError(
                 f"codec.checkpoint: {path} holds codec '{obj['name']}' {obj['arch']}, "
                 f"the config asks for '{adapter.name}' {adapter.arch}"
+            )
+        ours = adapter.ladder.as_dict() if adapter.ladder else None
+        if obj.get("ladder") != ours:
+            raise CheckpointError(
+                f"codec.checkpoint: {path} was trained for the rate ladder {obj.get('ladder')}, "
+                f"the config has codec.ladder={ours}"
             )
         state = obj["state_dict"]
     elif isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
@@ -387,6 +511,7 @@ def codec_checkpoint(adapter: CodecAdapter, **meta: Any) -> dict[str, Any]:
         "format": CHECKPOINT_FORMAT,
         "name": adapter.name,
         "arch": adapter.arch,
+        "ladder": adapter.ladder.as_dict() if adapter.ladder else None,
         "state_dict": adapter.model.state_dict(),
         **meta,
     }
@@ -398,6 +523,8 @@ def load_codec_checkpoint(path: str | Path) -> tuple[CodecAdapter, float | None]
     obj = read_checkpoint(path, "codec checkpoint")
     if not (isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT):
         raise CheckpointError(f"{path} is not a LatentBridge codec checkpoint (train one with experiment=*_codec)")
-    codec = build_codec(obj["name"], arch=obj["arch"], checkpoint=str(path), lmbda=obj.get("lmbda")).eval()
+    codec = build_codec(
+        obj["name"], arch=obj["arch"], checkpoint=str(path), lmbda=obj.get("lmbda"), ladder=obj.get("ladder")
+    ).eval()
     codec.model.update(force=True)
     return codec, obj.get("lmbda")

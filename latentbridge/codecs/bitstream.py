@@ -2,9 +2,12 @@
 without any pixels; the rate reported everywhere is 8 * len(bytes) / (H * W) of the original image.
 
 Layout (big-endian; about 25 bytes of overhead, which matters at the low rates of small images):
-    magic b"LB" | version u8 | codec id u8 | config hash 4 bytes | lambda float32 | height u16 | width u16
+    magic b"LB" | version u8 | codec id u8 | config hash 4 bytes | rate float32 | height u16 | width u16
     | number of entropy models u8 | per model: number of strings u8, each string's length (LEB128 varint)
     | payload (compressai's strings) | CRC-32 u32 of all before
+The rate field is the rate point lambda of a fixed-rate codec (checked against the decoder's), and the quantiser
+gain g of a variable-rate codec (paper 2; ``codecs/vbr.py``): the decoder codes with exactly that float32, so it
+needs nothing else, and a gain that is not finite or outside the codec's ladder is refused before entropy decoding.
 The padding (bottom / right, to the codec's ``pad_multiple``) and the latent shapes follow from the size and
 the codec, so they are derived, not stored. Every check runs before entropy decoding: a damaged or foreign file
 is refused.
@@ -38,10 +41,34 @@ class BitstreamError(LatentBridgeError):
     """The bytes are not a LatentBridge bitstream this codec can decode."""
 
 
-def codec_config_hash(name: str, arch: dict[str, Any], lmbda: float | None) -> bytes:
-    """4 bytes identifying a codec configuration (name, architecture, rate point)."""
-    canon = json.dumps({"name": name, "arch": dict(sorted(arch.items())), "lmbda": lmbda}, sort_keys=True)
+def codec_config_hash(name: str, arch: dict[str, Any], lmbda: float | None, ladder: Any = None) -> bytes:
+    """4 bytes identifying a codec configuration (name, architecture, rate point, or rate ladder: not the rate a
+    variable-rate stream was coded at)."""
+    fields: dict[str, Any] = {"name": name, "arch": dict(sorted(arch.items())), "lmbda": lmbda}
+    if ladder is not None:
+        fields["ladder"] = ladder.as_dict()
+    canon = json.dumps(fields, sort_keys=True)
     return hashlib.sha256(canon.encode()).digest()[:4]
+
+
+def config_hash_of(codec: CodecAdapter, lmbda: float | None) -> bytes:
+    """The config hash of ``codec`` (fixed-rate: at rate point ``lmbda``)."""
+    if codec.variable_rate:
+        return codec_config_hash(codec.name, codec.arch, None, codec.ladder)
+    return codec_config_hash(codec.name, codec.arch, lmbda)
+
+
+def header_rate(codec: CodecAdapter, rate: float | None) -> float:
+    """The header's rate field: lambda (fixed-rate) or the gain g (variable-rate), as float32."""
+    if codec.variable_rate:
+        if rate is None or not math.isfinite(float(rate)):
+            raise ValueError(f"codec '{codec.name}' is variable-rate: encode with a finite gain, got {rate}")
+        lo, hi = codec.ladder.gain_range
+        if not lo <= _as_f32(rate) <= hi:
+            raise ValueError(f"gain {rate:g} is outside [{lo:g}, {hi:g}] of codec '{codec.name}'")
+    else:
+        codec.check_gain(None)
+    return _as_f32(rate)
 
 
 def _as_f32(v: float | None) -> float:
@@ -132,32 +159,32 @@ def pad_to_multiple(x: Tensor, multiple: int = 64) -> tuple[Tensor, int, int]:
     return (F.pad(x, (0, pr, 0, pb), mode="replicate") if pb or pr else x), pb, pr
 
 
+def _coding_gain(codec: CodecAdapter, rate: float | None) -> float | None:
+    """What the codec codes with: the header's gain for a variable-rate codec, nothing for a fixed-rate one."""
+    return header_rate(codec, rate) if codec.variable_rate else None
+
+
 @torch.no_grad()
-def encode_image(codec: CodecAdapter, x: Tensor, lmbda: float | None) -> bytes:
-    """One image x (1, 3, H, W) in [0, 1], any size up to 65535 a side -> the bytes sent. Entropy tables must be
-    up to date (``codec.model.update(force=True)`` after training)."""
+def encode_image(codec: CodecAdapter, x: Tensor, rate: float | None) -> bytes:
+    """One image x (1, 3, H, W) in [0, 1], any size up to 65535 a side -> the bytes sent. ``rate``: the rate point
+    lambda of a fixed-rate codec, the gain g of a variable-rate one (``codec.ladder.gain(q)``). Entropy tables must
+    be up to date (``codec.model.update(force=True)`` after training)."""
     if x.ndim != 4 or x.shape[0] != 1 or x.shape[1] != 3:
         raise ValueError(f"encode_image takes one RGB image (1, 3, H, W), got {tuple(x.shape)}")
     h, w = x.shape[-2:]
     if not (0 < h <= 65535 and 0 < w <= 65535):
         raise ValueError(f"image size {h}x{w} is outside the bitstream's 1..65535 range")
+    field = header_rate(codec, rate)
     padded, _, _ = pad_to_multiple(x, codec.pad_multiple)
-    out = codec.compress(padded)
+    out = codec.compress(padded, _coding_gain(codec, rate))
     if _shape_key(out["shape"]) != _shape_key(codec.coded_shape(*padded.shape[-2:])):
         raise RuntimeError(f"codec '{codec.name}' coded shape {out['shape']} differs from its derived shape")
-    bs = Bitstream(
-        CODEC_IDS[codec.name],
-        codec_config_hash(codec.name, codec.arch, lmbda),
-        _as_f32(lmbda),
-        h,
-        w,
-        [list(g) for g in out["strings"]],
-    )
+    bs = Bitstream(CODEC_IDS[codec.name], config_hash_of(codec, rate), field, h, w, [list(g) for g in out["strings"]])
     return bs.to_bytes()
 
 
 @torch.no_grad()
-def encode_batch(codec: CodecAdapter, x: Tensor, lmbda: float | None) -> tuple[list[bytes], Any]:
+def encode_batch(codec: CodecAdapter, x: Tensor, rate: float | None) -> tuple[list[bytes], Any]:
     """A batch of equal-size images (B, 3, H, W) -> each image's bytes (identical to ``encode_image`` of that image
     alone) and, from the same network pass, the coded latent and its likelihoods (``LatentOutput``)."""
     if x.ndim != 4 or x.shape[1] != 3:
@@ -165,9 +192,10 @@ def encode_batch(codec: CodecAdapter, x: Tensor, lmbda: float | None) -> tuple[l
     h, w = x.shape[-2:]
     if not (0 < h <= 65535 and 0 < w <= 65535):
         raise ValueError(f"image size {h}x{w} is outside the bitstream's 1..65535 range")
+    field = header_rate(codec, rate)
     padded, _, _ = pad_to_multiple(x, codec.pad_multiple)
-    strings, latent = codec.compress_batch(padded)
-    head = (CODEC_IDS[codec.name], codec_config_hash(codec.name, codec.arch, lmbda), _as_f32(lmbda), h, w)
+    strings, latent = codec.compress_batch(padded, _coding_gain(codec, rate))
+    head = (CODEC_IDS[codec.name], config_hash_of(codec, rate), field, h, w)
     return [Bitstream(*head, [list(g) for g in s]).to_bytes() for s in strings], latent
 
 
@@ -179,35 +207,43 @@ def _shape_key(shape: Any) -> Any:
     return tuple(int(v) for v in shape)
 
 
-def parse_for(codec: CodecAdapter, data: bytes, lmbda: float | None) -> Bitstream:
-    """Parse and check that the bitstream was made by this codec at this rate point."""
+def parse_for(codec: CodecAdapter, data: bytes, lmbda: float | None = None) -> Bitstream:
+    """Parse and check that the bitstream was made by this codec (a fixed-rate one: at rate point ``lmbda``; a
+    variable-rate one: at a finite gain inside its ladder)."""
     bs = Bitstream.from_bytes(data)
     names = {v: k for k, v in CODEC_IDS.items()}
     if bs.codec_id != CODEC_IDS[codec.name]:
         coded_by = names.get(bs.codec_id, f"unknown codec id {bs.codec_id}")
         raise BitstreamError(f"bitstream was coded by codec '{coded_by}', this decoder is '{codec.name}'")
-    theirs, ours = bs.lmbda, _as_f32(lmbda)
-    if not (theirs == ours or (math.isnan(theirs) and math.isnan(ours))):
-        raise BitstreamError(f"bitstream is rate point lambda={theirs:.6g}, this decoder is lambda={ours:.6g}")
-    if bs.config_hash != codec_config_hash(codec.name, codec.arch, lmbda):
+    if codec.variable_rate:
+        lo, hi = codec.ladder.gain_range
+        if not (math.isfinite(bs.lmbda) and lo <= bs.lmbda <= hi):
+            raise BitstreamError(f"bitstream gain {bs.lmbda:g} is outside [{lo:g}, {hi:g}] of codec '{codec.name}'")
+    else:
+        theirs, ours = bs.lmbda, _as_f32(lmbda)
+        if not (theirs == ours or (math.isnan(theirs) and math.isnan(ours))):
+            raise BitstreamError(f"bitstream is rate point lambda={theirs:.6g}, this decoder is lambda={ours:.6g}")
+    if bs.config_hash != config_hash_of(codec, lmbda):
         raise BitstreamError(f"bitstream was coded by another '{codec.name}' configuration (config hash differs)")
     return bs
 
 
 @torch.no_grad()
-def decode_latent(codec: CodecAdapter, data: bytes, lmbda: float | None) -> tuple[Tensor, Bitstream]:
-    """Bytes -> y_hat (of the padded image) without any pixels: the neck path's input."""
+def decode_latent(codec: CodecAdapter, data: bytes, lmbda: float | None = None) -> tuple[Tensor, Bitstream]:
+    """Bytes -> y_hat (of the padded image) without any pixels: the neck path's input. A variable-rate stream
+    carries its gain: ``lmbda`` is for fixed-rate codecs only."""
     bs = parse_for(codec, data, lmbda)
     m = codec.pad_multiple
     shape = codec.coded_shape(bs.height + (-bs.height) % m, bs.width + (-bs.width) % m)
+    gain = bs.lmbda if codec.variable_rate else None
     try:
-        return codec.decompress_latent(bs.strings, shape), bs
+        return codec.decompress_latent(bs.strings, shape, gain), bs
     except (RuntimeError, ValueError, IndexError, KeyError, TypeError) as e:
         raise BitstreamError(f"bitstream does not fit codec '{codec.name}' ({type(e).__name__})") from None
 
 
 @torch.no_grad()
-def decode_image(codec: CodecAdapter, data: bytes, lmbda: float | None) -> Tensor:
+def decode_image(codec: CodecAdapter, data: bytes, lmbda: float | None = None) -> Tensor:
     """Bytes -> x_hat (1, 3, H, W), cropped back to the original size."""
     y_hat, bs = decode_latent(codec, data, lmbda)
     return codec.synthesize(y_hat)[..., : bs.height, : bs.width]

@@ -102,6 +102,12 @@ class RateAccuracy(nn.Module):
             }
         if error:
             out["few_shot_error"] = error
+        # per image, in dataset order: what paired statistics need (paper 2's findings bootstrap over images)
+        out["per_image"] = {
+            "index": index[order].tolist(),
+            "bytes": col["bytes"].tolist(),
+            **{f"correct_{p}": col[f"correct_{p}"].tolist() for p in self.paths},
+        }
         return out
 
     def reset(self) -> None:

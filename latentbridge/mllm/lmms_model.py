@@ -6,7 +6,10 @@ injected at block k of its vision tower, ``latentbridge/mllm/llava_reader.py``) 
       --model_args pretrained=llava-hf/llava-1.5-7b-hf,run=logs/paper_d1_llava/runs/<run>,path=neck,bits_file=bits.json
 
 ``path``: ``neck`` (the proposed method), ``reconstruction`` (g_s(y_hat) through LLaVA's own pixel path: the
-*Reconstruction* baseline) or ``uncompressed`` (the upper bound, 24 bpp). ``run``: a trained LatentBridge run
+*Reconstruction* baseline) or ``uncompressed`` (the upper bound, 24 bpp); ``preedit`` (paper 2): a paper-2 run's
+edge (pre-editor, variable-rate codec at ``rate``: a lambda of its ladder or ``q=<0..1>``) codes each image at its
+native resolution, and the decoded image, at that resolution, goes through LLaVA's own image processor.
+``run``: a trained LatentBridge run
 whose vision encoder is LLaVA's tower (``experiment=paper_d1_llava``). ``bits_file``: a JSON written atomically
 at the end: one record per sample (task, doc id, bytes, coded pixels) and the mean bpp, which
 ``mllm_evaluate.py`` joins with the harness's scores into rate-accuracy rows and curves.
@@ -23,22 +26,23 @@ import torch
 from lmms_eval.api.instance import Instance
 from lmms_eval.api.model import lmms
 from PIL import Image
-from torchvision.transforms.functional import center_crop, resize, to_tensor
+from torchvision.transforms.functional import center_crop, resize, to_pil_image, to_tensor
 
 from latentbridge import routes
-from latentbridge.codecs.bitstream import decode_latent, encode_image
+from latentbridge.codecs.bitstream import decode_image, decode_latent, encode_image
 from latentbridge.core.atomic_io import atomic_write_json
 from latentbridge.core.errors import ConfigError
 from latentbridge.mllm.llava_reader import LlavaReader, LlavaTower
 from latentbridge.runs import open_run
 
-PATHS = ("neck", "reconstruction", "uncompressed")
+PATHS = ("neck", "reconstruction", "uncompressed", "preedit")
 
 
-def load_run(run: str | Path) -> tuple[Any, int, float]:
-    """The trained module of a LatentBridge run (best checkpoint), its codec input size and rate point."""
+def load_run(run: str | Path) -> tuple[Any, int, float | None]:
+    """The trained module of a LatentBridge run (best checkpoint), its codec input size and rate point (None for a
+    variable-rate codec)."""
     finished = open_run(run, "run")
-    return finished.module, finished.image_size, float(finished.lmbda)
+    return finished.module, finished.image_size, finished.lmbda
 
 
 class LatentBridgeLLaVA(lmms):
@@ -57,6 +61,7 @@ class LatentBridgeLLaVA(lmms):
         module: Any | None = None,
         image_size: int | None = None,
         lmbda: float | None = None,
+        rate: str | float | None = None,
         **_: Any,
     ) -> None:
         super().__init__()
@@ -69,6 +74,14 @@ class LatentBridgeLLaVA(lmms):
             if run is None:
                 raise ConfigError(f"run: path={path} needs a trained LatentBridge run (run=<run dir>)")
             self.module, self.image_size, self.lmbda = load_run(run)
+        self.q = None
+        if path == "preedit":
+            if not getattr(self.module.codec, "variable_rate", False) or not hasattr(self.module, "edge"):
+                raise ConfigError("run: path=preedit needs a paper-2 run (experiment=*_p2*)")
+            if rate is None:
+                raise ConfigError("rate: path=preedit needs the rate to code at (a lambda of the ladder or q=<0..1>)")
+            self.q = self.module.codec.ladder.resolve(rate)
+            self.lmbda = self.module.codec.ladder.lmbda(self.q)
         if self.module is not None:
             self.module.to(self.device)
             if path == "neck" and self.module.vision.width != self.reader.tower.config.hidden_size:
@@ -93,6 +106,8 @@ class LatentBridgeLLaVA(lmms):
                 3 * image.width * image.height,
                 image.width * image.height,
             )
+        if self.path == "preedit":
+            return self.pixel_path(image)
         module = self.module
         parts = SimpleNamespace(
             codec=module.codec,
@@ -106,6 +121,19 @@ class LatentBridgeLLaVA(lmms):
         y_hat, _ = decode_latent(module.codec, stream, self.lmbda)  # the server: bytes only
         feats = routes.latent_route(self.path)(parts, y_hat)
         return feats, len(stream), self.image_size * self.image_size
+
+    @torch.no_grad()
+    def pixel_path(self, image: Image.Image) -> tuple[torch.Tensor, int, int]:
+        """Paper 2: edge (pre-editor, bytes at gain g(q)) at native resolution; the server decodes the bytes alone and
+        gives LLaVA the decoded image through its own processor."""
+        module, q = self.module, self.q
+        x = to_tensor(image).unsqueeze(0).to(self.device)
+        stream = encode_image(module.codec, module.edge(x, q), module.codec.ladder.gain(q))
+        x_hat = decode_image(module.codec, stream)
+        decoded = to_pil_image(x_hat[0].float().cpu())
+        pixels = self.reader.processor.image_processor(decoded, return_tensors="pt").pixel_values
+        parts = SimpleNamespace(encoder=LlavaTower(self.reader, None))
+        return routes.uncompressed(parts, pixels.to(self.device)), len(stream), image.width * image.height
 
     # -- the harness's requests ---------------------------------------------------------------------------
     def generate_until(self, requests: list[Instance]) -> list[str]:

@@ -10,6 +10,12 @@ encoder), ``uncompressed`` (the upper bound) and the traditional-codec anchors. 
 (8 * bytes / pixels) beside the likelihood estimate, zero-shot top-1, 5-way 1-shot accuracy, PSNR, MS-SSIM
 (images over 160 px a side), and on an optional Kodak-style folder the full-size reconstruction quality.
 Writes results.json (with BD-rate / BD-metric against ``bd_anchor``), results.csv and one PNG per metric.
+
+``mosaic=m`` (paper-2 runs and anchors) codes m x m mosaics of the test images, each image paying its share of
+its mosaic's bytes, so that no codec's per-file header decides a comparison of small images.
+A variable-rate run (paper 2) is loaded once and evaluated at every rate of ``rates`` (lambdas inside its ladder, or
+``q=<point>``; null: 8 points log-uniform over the ladder): one row per rate, each from real bitstreams that carry
+their gain. A fixed-rate model of such a codec (``scenario.fixed_rate``) is evaluated at its own rate.
 """
 
 from __future__ import annotations
@@ -71,8 +77,31 @@ def open_rate_point(run_dir: Path, cfg: DictConfig) -> tuple[FinishedRun, Any]:
     return run, datamodule
 
 
-def evaluate_rate_point(run: FinishedRun, datamodule: Any, cfg: DictConfig) -> dict[str, Any]:
-    """``trainer.test`` of one rate point through real bitstreams: per-path accuracy, rate, quality."""
+def rate_points(run: FinishedRun, rates: list[Any] | None) -> list[float | None]:
+    """The rate points q to evaluate a run at: [None] for a fixed-rate codec (its own rate point), the run's fixed q
+    for a fixed-rate model of a variable-rate codec, else ``rates`` (lambdas or ``q=...``; default 8 log-uniform)."""
+    module = run.module
+    if not module.codec.variable_rate:
+        return [None]
+    if getattr(module, "fixed_q", None) is not None:
+        return [module.fixed_q]
+    ladder = module.codec.ladder
+    return [ladder.resolve(r) for r in rates] if rates else [i / 7 for i in range(8)]
+
+
+def evaluate_rate_point(run: FinishedRun, datamodule: Any, cfg: DictConfig, q: float | None = None) -> dict[str, Any]:
+    """``trainer.test`` of one rate point through real bitstreams: per-path accuracy, rate, quality. ``q``: the rate
+    point of a variable-rate run (its edge codes every image at gain g(q))."""
+    if q is not None:
+        run.module.eval_q = q
+    mosaic = int(cfg.get("mosaic") or 1)
+    if mosaic > 1:
+        if not hasattr(run.module, "mosaic"):
+            raise ConfigError(
+                f"mosaic: {mosaic} needs a pixel-path run (paper 2); {run.module.scenario_name}'s neck reads a fixed "
+                "latent grid"
+            )
+        run.module.mosaic = mosaic
     run.module.configure_evaluation(int(cfg.few_shot_groups or 0), int(cfg.seed))
     tester(cfg).test(run.module, datamodule=datamodule, verbose=False)
     return run.module.test_results
@@ -82,8 +111,10 @@ def evaluate_anchor(run: FinishedRun, datamodule: Any, name: str, quality: int, 
     """``trainer.test`` of a traditional codec at one quality through the run's encoder (like Reconstruction)."""
     from lightning_modules.anchor_evaluation import AnchorEvaluation
 
-    vtm = OmegaConf.to_container(cfg.anchors.get("vtm") or {}, resolve=True)
-    module = AnchorEvaluation(run.module, name, quality, vtm, int(cfg.few_shot_groups or 0), int(cfg.seed))
+    vtm_node = (cfg.get("anchors") or {}).get("vtm")  # reproduce's settings carry no anchors block
+    vtm = OmegaConf.to_container(vtm_node, resolve=True) if vtm_node else {}
+    mosaic = int(cfg.get("mosaic") or 1)
+    module = AnchorEvaluation(run.module, name, quality, vtm, int(cfg.few_shot_groups or 0), int(cfg.seed), mosaic)
     tester(cfg).test(module, datamodule=datamodule, verbose=False)
     r = module.test_results
     return {
@@ -99,9 +130,11 @@ def evaluate_anchor(run: FinishedRun, datamodule: Any, name: str, quality: int, 
 
 
 @torch.no_grad()
-def evaluate_kodak(run: FinishedRun, folder: Path) -> dict[str, Any]:
-    """Full-size reconstruction quality on a folder of images (any sizes; padded and cropped)."""
-    codec, lmbda = run.module.codec, run.lmbda
+def evaluate_kodak(run: FinishedRun, folder: Path, q: float | None = None) -> dict[str, Any]:
+    """Full-size reconstruction quality on a folder of images (any sizes; padded and cropped). A variable-rate run
+    codes at rate point q (after its edge: the pre-editor)."""
+    codec = run.module.codec
+    rate = run.lmbda if q is None else codec.ladder.gain(q)
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp", ".tif"))
     if not files:
         raise ConfigError(f"kodak: no images in {folder}")
@@ -109,8 +142,8 @@ def evaluate_kodak(run: FinishedRun, folder: Path) -> dict[str, Any]:
     psnrs, ssims = [], []
     for f in files:
         x = read_image(f).to(run.module.device)
-        data = encode_image(codec, x, lmbda)
-        y_hat, bs = decode_latent(codec, data, lmbda)
+        data = encode_image(codec, x if q is None else run.module.edge(x, q), rate)
+        y_hat, bs = decode_latent(codec, data, run.lmbda)
         x_hat = codec.synthesize(y_hat)[..., : bs.height, : bs.width]
         nbytes, pixels = nbytes + len(data), pixels + bs.height * bs.width
         psnrs.append(float(psnr(x_hat, x)[0]))
@@ -124,14 +157,24 @@ def evaluate_kodak(run: FinishedRun, folder: Path) -> dict[str, Any]:
     }
 
 
-def rows_of(method: str, result: dict[str, Any], run: str, lmbda: float | None, reconstruction: str) -> list[dict]:
-    """The curve rows of one evaluated rate point: the method's path and the Reconstruction path."""
+def rows_of(
+    method: str, result: dict[str, Any], run: str, lmbda: float | None, reconstruction: str, q: float | None = None
+) -> list[dict]:
+    """The curve rows of one evaluated rate point: the method's path and (paper 1) the Reconstruction path. A
+    variable-rate point also carries its q (``lmbda`` is then lambda(q) of the ladder)."""
     common = {"lmbda": lmbda, "bpp": result["bpp"], "bpp_est": result["bpp_est"], "images": result["images"]}
+    if q is not None:
+        common["q"] = q
     quality = {"psnr": result["psnr"], "ms_ssim": result["ms_ssim"]}
-    return [
-        {"method": method, **common, **result["method"], **quality, "run": run},
-        {"method": reconstruction, **common, **result["reconstruction"], **quality, "run": run},
-    ]
+    rows = [{"method": method, **common, **result["method"], **quality, "run": run}]
+    if "reconstruction" in result:
+        rows.append({"method": reconstruction, **common, **result["reconstruction"], **quality, "run": run})
+    return rows
+
+
+def lmbda_at(run: FinishedRun, q: float | None) -> float | None:
+    """The lambda a row is filed under: the run's rate point, or lambda(q) of a variable-rate ladder."""
+    return run.lmbda if q is None else run.module.codec.ladder.lmbda(q)
 
 
 def uncompressed_row(result: dict[str, Any]) -> dict[str, Any]:
@@ -156,18 +199,20 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     first: tuple[FinishedRun, Any] | None = None
     for rd in run_dirs(cfg):
         run, dm = open_rate_point(rd, cfg)
-        console.print(f"rate point {rd} (lambda={run.lmbda})")
-        r = evaluate_rate_point(run, dm, cfg)
-        if r.get("few_shot_error"):
-            console.print(f"[yellow]skipping 5-way 1-shot: {r['few_shot_error']}[/yellow]")
-        rows += rows_of(run.module.scenario_name, r, str(rd), run.lmbda, "reconstruction")
-        if first is None:
-            first = (run, dm)
-            rows.append(uncompressed_row(r))
-        if cfg.kodak:
-            kodak_rows.append(
-                {"method": run.config.codec.name, "lmbda": run.lmbda, **evaluate_kodak(run, Path(cfg.kodak))}
-            )
+        for q in rate_points(run, list(cfg.get("rates") or [])):
+            lmbda = lmbda_at(run, q)
+            console.print(f"rate point {rd} (lambda={lmbda:g}{'' if q is None else f', q={q:.4f}'})")
+            r = evaluate_rate_point(run, dm, cfg, q)
+            if r.get("few_shot_error"):
+                console.print(f"[yellow]skipping 5-way 1-shot: {r['few_shot_error']}[/yellow]")
+            rows += rows_of(run.module.scenario_name, r, str(rd), lmbda, "reconstruction", q)
+            if first is None:
+                first = (run, dm)
+                rows.append(uncompressed_row(r))
+            if cfg.kodak:
+                kodak_rows.append(
+                    {"method": run.config.codec.name, "lmbda": lmbda, **evaluate_kodak(run, Path(cfg.kodak), q)}
+                )
     run, dm = first
     vtm = OmegaConf.to_container(cfg.anchors.get("vtm") or {}, resolve=True)
     for name, qualities in cfg.anchors.items():

@@ -5,6 +5,8 @@ harness's scores with the bits recorded per sample into rows, curves and files l
     latentbridge-mllm-evaluate 'runs=[logs/paper_d1_llava/runs/<a>,...]' 'tasks=[pope,coco_karpathy_test]' \\
       llava=llava-hf/llava-1.5-7b-hf include_path=/data/lmms_tasks device=cuda
 
+A paper-2 run (variable-rate codec + pre-editor) is loaded once and evaluated at every ``rates`` (lambdas of its
+ladder or ``q=<0..1>``; null: 8 points), each image coded at its native resolution and read by LLaVA's pixel path.
 Tasks must read local data (``include_path``: task YAMLs pointing at local files; nothing fetched by URL).
 ``join=<evaluate.py results.json>`` puts evaluate.py's rows (zero-shot, few-shot, PSNR, anchors) in the same files.
 """
@@ -35,7 +37,15 @@ def task_score(results: dict[str, Any], task: str, metric: str | None) -> tuple[
     raise ConfigError(f"tasks: '{task}' has no numeric metric {metric or ''} in {list(found)}")
 
 
-def evaluate_path(cfg: DictConfig, reader: Any, path: str, run: str | None, out_dir: Path) -> list[dict[str, Any]]:
+def evaluate_path(
+    cfg: DictConfig,
+    reader: Any,
+    path: str,
+    run: str | tuple[Any, int, float | None] | None,
+    out_dir: Path,
+    rate: str | float | None = None,
+) -> list[dict[str, Any]]:
+    """One lmms-eval pass: ``run`` is a run directory or an already loaded (module, size, lambda)."""
     from lmms_eval.evaluator import simple_evaluate
     from lmms_eval.tasks import TaskManager
 
@@ -43,12 +53,21 @@ def evaluate_path(cfg: DictConfig, reader: Any, path: str, run: str | None, out_
 
     module, size, lmbda, method = None, None, None, path
     if run is not None:
-        module, size, lmbda = load_run(run)
-        method = module.scenario_name if path == "neck" else "reconstruction"
+        module, size, lmbda = load_run(run) if isinstance(run, (str, Path)) else run
+        method = module.scenario_name if path in ("neck", "preedit") else "reconstruction"
+    if rate is not None:
+        lmbda = module.codec.ladder.lmbda(module.codec.ladder.resolve(rate))
     tag = f"{method}_lambda{lmbda}" if lmbda is not None else method
     bits = out_dir / f"bits_{tag}.json"
     lm = LatentBridgeLLaVA(
-        reader=reader, module=module, image_size=size, lmbda=lmbda, path=path, bits_file=str(bits), device=cfg.device
+        reader=reader,
+        module=module,
+        image_size=size,
+        lmbda=lmbda,
+        path=path,
+        bits_file=str(bits),
+        device=cfg.device,
+        rate=rate,
     )
     manager = TaskManager(include_path=cfg.include_path) if cfg.include_path else TaskManager()
     results = simple_evaluate(model=lm, tasks=list(cfg.tasks), task_manager=manager, limit=cfg.limit, log_samples=False)
@@ -70,9 +89,16 @@ def mllm_evaluate(cfg: DictConfig) -> dict[str, Any]:
     out_dir = Path(cfg.paths.output_dir)
     reader = LlavaReader.from_pretrained(cfg.llava, dtype=cfg.dtype, device=cfg.device)
     rows: list[dict[str, Any]] = []
+    from latentbridge.mllm.lmms_model import load_run
+
     for run in cfg.runs:
+        loaded = load_run(str(run))  # once per run, whatever the number of rates and paths
+        if getattr(loaded[0].codec, "variable_rate", False):
+            for rate in cfg.get("rates") or [f"q={i / 7}" for i in range(8)]:
+                rows += evaluate_path(cfg, reader, "preedit", loaded, out_dir, rate)
+            continue
         for path in cfg.paths_to_evaluate:
-            rows += evaluate_path(cfg, reader, path, str(run), out_dir)
+            rows += evaluate_path(cfg, reader, path, loaded, out_dir)
     if cfg.uncompressed:
         rows += evaluate_path(cfg, reader, "uncompressed", None, out_dir)
     if cfg.join:  # evaluate.py's rows (zero-shot, few-shot, PSNR, anchors) beside the MLLM rows, one file

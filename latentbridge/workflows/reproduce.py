@@ -10,6 +10,10 @@ figures and the runs the findings compare. Every run also yields its Reconstruct
 the reference run's is plain ``reconstruction``). Every run has a
 fixed directory ``<out_dir>/<run>/lambda<lambda>``: a rerun skips finished runs (results.json), resumes an
 interrupted one from its last.ckpt and reuses finished evaluations (evaluation.json), so nothing finished is lost.
+
+Paper 2's plans (``plan=mini_p2``) use the same machinery: a run with ``variable_rate: true`` is trained once into
+``<out_dir>/<run>/vbr`` and evaluated at every ``plan.rates`` (``evaluation_lambda<lambda>.json``); a run with
+``rates: fixed`` is one model per ``plan.fixed_rates``; ``plan.findings_module`` checks that paper's findings.
 """
 
 from __future__ import annotations
@@ -31,24 +35,35 @@ from latentbridge.workflows.train import run as train_run
 log = logging.getLogger("latentbridge")
 
 
-def run_dir(cfg: DictConfig, run: str, lmbda: float) -> Path:
-    return Path(cfg.out_dir) / run / f"lambda{lmbda}"
+def run_dir(cfg: DictConfig, run: str, lmbda: float | None) -> Path:
+    """``<out_dir>/<run>/lambda<lambda>``; a variable-rate run (one model for every rate): ``<out_dir>/<run>/vbr``."""
+    return Path(cfg.out_dir) / run / ("vbr" if lmbda is None else f"lambda{lmbda}")
 
 
-def rates_of(cfg: DictConfig, spec: DictConfig) -> list[float]:
+def rates_of(cfg: DictConfig, spec: DictConfig) -> list[float | None]:
+    """The trainings of a run: one per rate point, or one (``None``) for a variable-rate run."""
+    if spec.get("variable_rate"):
+        return [None]
     which = spec.get("rates", "all")
     if which == "all":
         return list(cfg.plan.rates)
     if which == "ablation":
         return list(cfg.plan.ablation_rates)
-    raise ConfigError(f"plan.runs: rates must be 'all' or 'ablation', got '{which}'")
+    if which == "fixed":
+        return list(cfg.plan.fixed_rates)
+    raise ConfigError(f"plan.runs: rates must be 'all', 'ablation' or 'fixed', got '{which}'")
 
 
-def run_overrides(cfg: DictConfig, run: str, lmbda: float) -> list[str]:
+def eval_rates_of(cfg: DictConfig, spec: DictConfig, lmbda: float | None) -> list[float]:
+    """The lambdas a trained run is evaluated at: every ``plan.rates`` for a variable-rate run, else its own."""
+    return list(cfg.plan.rates) if lmbda is None else [lmbda]
+
+
+def run_overrides(cfg: DictConfig, run: str, lmbda: float | None) -> list[str]:
     """The train.py overrides of one (run, rate point)."""
     spec = cfg.plan.runs[run]
     out = run_dir(cfg, run, lmbda)
-    fields = {**(cfg.plan.get("vars") or {}), "lmbda": lmbda}
+    fields = {**(cfg.plan.get("vars") or {}), **({} if lmbda is None else {"lmbda": lmbda})}
     try:
         given = [*cfg.plan.common, *(cfg.plan.get("extra") or []), *(spec.get("overrides") or [])]
         listed = [str(o).format(**fields) for o in given]
@@ -58,7 +73,7 @@ def run_overrides(cfg: DictConfig, run: str, lmbda: float) -> list[str]:
         ) from None
     overrides = [
         f"experiment={spec.experiment}",
-        f"codec.lmbda={lmbda}",
+        *([] if lmbda is None else [f"{spec.get('rate_key') or 'codec.lmbda'}={lmbda}"]),
         *listed,
         f"paths.output_dir={hydra_quote(out)}",
         f"paths.cache_dir={hydra_quote(cfg.paths.cache_dir)}",
@@ -74,7 +89,7 @@ def run_overrides(cfg: DictConfig, run: str, lmbda: float) -> list[str]:
     return overrides
 
 
-def train_all(cfg: DictConfig) -> list[tuple[str, float]]:
+def train_all(cfg: DictConfig) -> list[tuple[str, float | None]]:
     """Train every (run, rate point) of the plan in order (phase-1 runs before the phase-2 runs that need them)."""
     from hydra import compose
 
@@ -97,33 +112,76 @@ def train_all(cfg: DictConfig) -> list[tuple[str, float]]:
     return [(r, lm) for r, lm in todo if not only or r in only]
 
 
-def evaluate_all(cfg: DictConfig, todo: list[tuple[str, float]]) -> list[dict[str, Any]]:
-    """One evaluation per (run, rate point) through ``trainer.test``, cached in its evaluation.json; curve rows."""
+def evaluate_all(
+    cfg: DictConfig, todo: list[tuple[str, float | None]]
+) -> tuple[list[dict[str, Any]], dict[tuple[str, float], dict[str, Any]]]:
+    """One evaluation per (run, rate point) through ``trainer.test``, cached in its evaluation json; curve rows and
+    each evaluation's per-image columns (for paired statistics). A variable-rate run is opened once for all rates."""
     rows: list[dict[str, Any]] = []
+    per_image: dict[tuple[str, float], dict[str, Any]] = {}
     settings = OmegaConf.create({**OmegaConf.to_container(cfg.evaluate, resolve=True), "seed": cfg.seed})
     reference = cfg.plan.reference_run  # its rate points also give the Reconstruction baseline and the bound
-    for run, lmbda in todo:
-        out = run_dir(cfg, run, lmbda)
-        cached = out / "evaluation.json"
-        key = {"limit": cfg.evaluate.limit, "few_shot_groups": cfg.evaluate.few_shot_groups, "seed": cfg.seed}
-        result = json.loads(cached.read_text()) if cached.is_file() else None
-        if result is None or result.get("key") != key:
-            finished, dm = ev.open_rate_point(out, settings)
-            started = time.time()
-            result = {"key": key, **ev.evaluate_rate_point(finished, dm, settings)}
-            if result.get("few_shot_error"):
-                raise ConfigError(
-                    f"evaluate.few_shot_groups: {result['few_shot_error']}; set it to 0 to skip 5-way 1-shot"
+    key = {"limit": cfg.evaluate.limit, "few_shot_groups": cfg.evaluate.few_shot_groups, "seed": cfg.seed}
+    if int(cfg.evaluate.get("mosaic") or 1) > 1:  # mosaics are formed per batch: both decide the bytes
+        key |= {"mosaic": int(cfg.evaluate.mosaic), "batch_size": int(cfg.evaluate.batch_size)}
+    for run, trained_at in todo:
+        out = run_dir(cfg, run, trained_at)
+        opened = None
+        for lmbda in eval_rates_of(cfg, cfg.plan.runs[run], trained_at):
+            cached = out / ("evaluation.json" if trained_at is not None else f"evaluation_lambda{lmbda}.json")
+            result = json.loads(cached.read_text()) if cached.is_file() else None
+            if result is None or result.get("key") != key:
+                opened = opened or ev.open_rate_point(out, settings)
+                finished, dm = opened
+                q = ev.rate_points(finished, [lmbda])[0]
+                started = time.time()
+                result = {"key": key, **ev.evaluate_rate_point(finished, dm, settings, q)}
+                if result.get("few_shot_error"):
+                    raise ConfigError(
+                        f"evaluate.few_shot_groups: {result['few_shot_error']}; set it to 0 to skip 5-way 1-shot"
+                    )
+                result["seconds"] = round(time.time() - started, 1)
+                atomic_write_json(cached, result)
+                log.info(
+                    "evaluated %s lambda=%s in %.0f s: top-1 %.4f",
+                    run,
+                    lmbda,
+                    result["seconds"],
+                    result["method"]["top1"],
                 )
-            result["seconds"] = round(time.time() - started, 1)
-            atomic_write_json(cached, result)
-            log.info(
-                "evaluated %s lambda=%s in %.0f s: top-1 %.4f", run, lmbda, result["seconds"], result["method"]["top1"]
-            )
-        recon = "reconstruction" if run == reference else f"{run}/reconstruction"
-        rows += ev.rows_of(run, result, str(out), lmbda, recon)
-        if run == reference and not any(r["method"] == "uncompressed" for r in rows):
-            rows.append(ev.uncompressed_row(result))
+            recon = "reconstruction" if run == reference else f"{run}/reconstruction"
+            rows += ev.rows_of(run, result, str(out), lmbda, recon)
+            per_image[(run, float(lmbda))] = result.get("per_image") or {}
+            if run == reference and not any(r["method"] == "uncompressed" for r in rows):
+                rows.append(ev.uncompressed_row(result))
+    rows += evaluate_anchors(cfg, settings, key)
+    return rows, per_image
+
+
+def evaluate_anchors(cfg: DictConfig, settings: DictConfig, key: dict[str, Any]) -> list[dict[str, Any]]:
+    """``plan.anchors`` (codec -> qualities): traditional codecs through the reference run's encoder, each cached in
+    ``<out_dir>/anchors/<codec>_q<quality>.json``; unavailable codecs are skipped with the reason."""
+    from latentbridge.codecs.traditional import unavailable_reason
+
+    anchors = cfg.plan.get("anchors") or {}
+    if not anchors:
+        return []
+    reference = cfg.plan.reference_run
+    trained_at = rates_of(cfg, cfg.plan.runs[reference])[0]
+    rows, opened = [], None
+    for name, qualities in anchors.items():
+        reason = unavailable_reason(name, {})
+        if reason:
+            log.info("anchor %s skipped: %s", name, reason)
+            continue
+        for quality in qualities:
+            cached = Path(cfg.out_dir) / "anchors" / f"{name}_q{quality}.json"
+            row = json.loads(cached.read_text()) if cached.is_file() else None
+            if row is None or row.get("key") != key:
+                opened = opened or ev.open_rate_point(run_dir(cfg, reference, trained_at), settings)
+                row = {"key": key, **ev.evaluate_anchor(*opened, name, int(quality), settings)}
+                atomic_write_json(cached, row)
+            rows.append({k: v for k, v in row.items() if k != "key"})
     return rows
 
 
@@ -156,9 +214,11 @@ def premise_of(cfg: DictConfig) -> dict[str, Any]:
 
 def reproduce(cfg: DictConfig) -> dict[str, Any]:
     """Train, evaluate, plot and check every run of the plan; results.json / results.csv in ``out_dir``."""
+    from importlib import import_module
+
     from rich.console import Console
 
-    from latentbridge.analysis.findings import check_findings, print_findings
+    from latentbridge.analysis.findings import print_findings
     from latentbridge.analysis.premise import print_premise
     from latentbridge.analysis.report import print_table, write_csv
 
@@ -167,10 +227,11 @@ def reproduce(cfg: DictConfig) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     todo = train_all(cfg)
     trained_s = time.time() - started
-    rows = evaluate_all(cfg, todo)
+    rows, per_image = evaluate_all(cfg, todo)
     plots = plot_figures(cfg, rows)
-    findings = check_findings(cfg, rows)
-    checked_premise = premise_of(cfg)
+    findings_module = import_module(cfg.plan.get("findings_module") or "latentbridge.analysis.findings")
+    findings = findings_module.check_findings(cfg, rows, per_image)
+    checked_premise = premise_of(cfg) if cfg.plan.get("premise", True) else None
     results = {
         "plan": cfg.plan.name,
         "premise": checked_premise,
@@ -182,7 +243,8 @@ def reproduce(cfg: DictConfig) -> dict[str, Any]:
     atomic_write_json(out / "results.json", results)
     write_csv(out / "results.csv", rows)
     print_table(rows, Console(width=160))
-    print_premise(checked_premise)
+    if checked_premise is not None:
+        print_premise(checked_premise)
     print_findings(findings)
     print(f"results: {out / 'results.json'} and results.csv; figures: {', '.join(plots.values())}")
     print(f"wall time: {results['wall_time_s']['total']:.0f} s (training {trained_s:.0f} s)")
