@@ -76,7 +76,7 @@ class PreEditVbrModule(BridgeModule):
             param.requires_grad_(self._trains(name))
         self.ladder = codec.ladder
         self.fixed_q = None if fixed_rate is None else self.ladder.q(float(fixed_rate))
-        self.val_q = [self.ladder._check_q(q) for q in val_rates]
+        self.val_q = [self.ladder.check_q(q) for q in val_rates]
         stop = loss.token_layer % (vision.num_blocks + 1)  # hidden_states[token_layer]: -2 = the last block's input
         self.token_blocks = stop
         per_rate = [f"{k}_{_tag(q)}" for q in self.val_q for k in ("top1", "bpp", "psnr", "objective")]

@@ -56,7 +56,7 @@ class RateLadder:
 
     def lmbda(self, q: float) -> float:
         """The rate-distortion weight of rate point q (compressai's convention: lambda * 255^2 * MSE + bpp)."""
-        return self.lmbda_min * (self.lmbda_max / self.lmbda_min) ** self._check_q(q)
+        return self.lmbda_min * (self.lmbda_max / self.lmbda_min) ** self.check_q(q)
 
     def q(self, lmbda: float) -> float:
         """The rate point of a lambda inside the ladder (a lambda outside it: ConfigError naming ``rate``)."""
@@ -82,7 +82,7 @@ class RateLadder:
         """A user's rate -> q: ``"q=0.3"`` (a rate point) or a lambda inside the ladder (``0.0009``)."""
         if isinstance(rate, str) and rate.strip().startswith("q="):
             try:
-                return self._check_q(float(rate.strip()[2:]))
+                return self.check_q(float(rate.strip()[2:]))
             except ValueError:
                 raise ConfigError(f"rates: '{rate}' is not q=<number in [0, 1]>") from None
         try:
@@ -99,7 +99,8 @@ class RateLadder:
         }
 
     @staticmethod
-    def _check_q(q: float) -> float:
+    def check_q(q: float) -> float:
+        """q as a float; one outside [0, 1] (or not finite) is a ConfigError naming ``rates``."""
         q = float(q)
         if not (math.isfinite(q) and 0.0 <= q <= 1.0):
             raise ConfigError(f"rates: q={q} is outside [0, 1]")
