@@ -18,23 +18,22 @@ from torch import nn
 MINI_MODEL = "latentbridge-mini-s8"
 
 
-@register_model(MINI_MODEL)
-class MiniMeanScaleHyperprior(MeanScaleHyperprior):
-    """compressai's ``MeanScaleHyperprior`` with 3 analysis / synthesis stages and a 1-stage hyperprior."""
+class MiniTransforms:
+    """Mixin for a compressai mean-scale model: the mini transforms, 3 stride-2 analysis / synthesis stages and a
+    1-stage hyperprior (the fixed-rate mini codec here, the variable-rate one in ``codecs/vbr.py``)."""
 
     def __init__(self, N: int = 48, M: int = 64, **kwargs: object) -> None:
         super().__init__(N=N, M=M, **kwargs)
-        use_mini_transforms(self, N, M)
+        self.g_a = nn.Sequential(conv(3, N), GDN(N), conv(N, N), GDN(N), conv(N, M))
+        self.g_s = nn.Sequential(deconv(M, N), GDN(N, inverse=True), deconv(N, N), GDN(N, inverse=True), deconv(N, 3))
+        self.h_a = nn.Sequential(conv(M, N, stride=1, kernel_size=3), nn.LeakyReLU(inplace=True), conv(N, N))
+        self.h_s = nn.Sequential(deconv(N, M), nn.LeakyReLU(inplace=True), conv(M, M * 2, stride=1, kernel_size=3))
 
     @property
     def downsampling_factor(self) -> int:
         return 2 ** (3 + 1)
 
 
-def use_mini_transforms(model: nn.Module, N: int, M: int) -> None:
-    """Give a compressai mean-scale model the mini transforms: 3 stride-2 analysis / synthesis stages, a 1-stage
-    hyperprior (also the variable-rate mini codec's, ``codecs/vbr.py``)."""
-    model.g_a = nn.Sequential(conv(3, N), GDN(N), conv(N, N), GDN(N), conv(N, M))
-    model.g_s = nn.Sequential(deconv(M, N), GDN(N, inverse=True), deconv(N, N), GDN(N, inverse=True), deconv(N, 3))
-    model.h_a = nn.Sequential(conv(M, N, stride=1, kernel_size=3), nn.LeakyReLU(inplace=True), conv(N, N))
-    model.h_s = nn.Sequential(deconv(N, M), nn.LeakyReLU(inplace=True), conv(M, M * 2, stride=1, kernel_size=3))
+@register_model(MINI_MODEL)
+class MiniMeanScaleHyperprior(MiniTransforms, MeanScaleHyperprior):
+    """compressai's ``MeanScaleHyperprior`` with 3 analysis / synthesis stages and a 1-stage hyperprior."""

@@ -23,7 +23,7 @@ from compressai.models.vbr import MeanScaleHyperpriorVbr
 from compressai.registry import register_model
 from torch import Tensor
 
-from latentbridge.codecs.mini import use_mini_transforms
+from latentbridge.codecs.mini import MiniTransforms
 from latentbridge.core.errors import ConfigError
 
 #: compressai's lambda of gain 1.0: its (lambda, Gain) pairs satisfy Gain = sqrt(lambda / 0.18)
@@ -121,13 +121,5 @@ register_model(VBR_MODEL)(GainHonouringVbr)
 
 
 @register_model(MINI_VBR_MODEL)
-class MiniMeanScaleHyperpriorVbr(GainHonouringVbr):
+class MiniMeanScaleHyperpriorVbr(MiniTransforms, GainHonouringVbr):
     """The mini codec's stride-8 transforms (``codecs/mini.py``) with compressai's variable-rate parts."""
-
-    def __init__(self, N: int = 48, M: int = 64, **kwargs: object) -> None:
-        super().__init__(N=N, M=M, **kwargs)
-        use_mini_transforms(self, N, M)
-
-    @property
-    def downsampling_factor(self) -> int:
-        return 2 ** (3 + 1)
