@@ -154,11 +154,13 @@ class BridgeModule(NetAuxOptimization):
         return self
 
     def configure_model(self) -> None:
-        """``scenario.compile``: torch.compile the transform-neck and the encoder's blocks in place (parameter
-        names, hence checkpoints, unchanged)."""
+        """``scenario.compile``: torch.compile the trained networks other than the codec (the transform-neck, the
+        post-processing U-Net, paper 2's pre-editor) and the encoder's blocks in place (parameter names, hence
+        checkpoints, unchanged)."""
         if self.hparams.get("compile") and not getattr(self, "_compiled", False):
-            if self.neck is not None:
-                self.neck.compile()
+            for name in self.trainable:
+                if name != "codec":
+                    self.get_submodule(name).compile()
             for block in self.vision.visual.transformer.resblocks:
                 block.compile()
             self._compiled = True

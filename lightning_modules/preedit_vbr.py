@@ -104,17 +104,6 @@ class PreEditVbrModule(BridgeModule):
             "editor_conditioning": getattr(self.editor, "rate_conditioning", "none"),
         }
 
-    @property
-    def cacheable(self) -> bool:
-        return False
-
-    def configure_model(self) -> None:
-        if self.hparams.get("compile") and not getattr(self, "_compiled", False):
-            self.editor.compile()
-            for block in self.vision.visual.transformer.resblocks:
-                block.compile()
-            self._compiled = True
-
     # -- the schedule: editor warm-up, then editor + codec -------------------------------------------------
     def codec_trains(self, epoch: int) -> bool:
         return epoch >= self.hparams.codec_frozen_epochs
@@ -164,10 +153,6 @@ class PreEditVbrModule(BridgeModule):
         q = self.draw_q()
         self.log("train/q", q, batch_size=batch["image"].shape[0])
         return self.objective(batch["image"], q)[0]
-
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
-        total = super().training_step(batch, batch_idx)
-        return total if total is not None and total.requires_grad else None  # nothing trains (e.g. no editor, frozen)
 
     # -- validation: every val rate -----------------------------------------------------------------------
     @torch.no_grad()
