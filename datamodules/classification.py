@@ -14,6 +14,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from datamodules.sampler import train_loader
 from datamodules.transforms import codec_transform, teacher_transform
 
 log = logging.getLogger(__name__)
@@ -149,7 +150,9 @@ class ClassificationDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self._dataset("train", self.train_subset), self.batch_size, shuffle=True)
+        """Shuffled by (seed, epoch) alone, split between the trainer's ranks (``datamodules/sampler.py``)."""
+        ds = self._dataset("train", self.train_subset)
+        return train_loader(ds, self.batch_size, self.trainer, self.seed, self.num_workers, collate_skipping)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self._dataset("val", self.val_subset), self.eval_batch_size, shuffle=False)

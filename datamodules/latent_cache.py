@@ -35,10 +35,12 @@ from typing import Any
 
 import lightning as L
 import torch
+from filelock import FileLock
 from lightning.fabric.utilities.apply_func import move_data_to_device
 from torch.utils.data import DataLoader, Subset
 
 from datamodules.classification import ClassificationDataModule, collate_skipping
+from datamodules.sampler import train_loader
 from latentbridge.core.atomic_io import atomic_write_json
 from latentbridge.core.digest import json_digest
 from latentbridge.core.errors import ConfigError, DataError
@@ -245,7 +247,8 @@ class _WithTargets(torch.utils.data.Dataset):
 
 class LatentCacheDataModule(L.LightningDataModule):
     """A datamodule's train and val splits served from the latent cache of ``module`` (built in ``prepare_data``,
-    on one process per node); test (final evaluation through real bitstreams) reads the images themselves."""
+    on one process per node, under a file lock: of parallel jobs or nodes sharing the storage, one builds); test
+    (final evaluation through real bitstreams) reads the images themselves."""
 
     def __init__(
         self,
@@ -300,22 +303,30 @@ class LatentCacheDataModule(L.LightningDataModule):
             if cache.complete:
                 cache.check()
                 continue
-            loader = self.base._loader(self._images(split), self.base.eval_batch_size, shuffle=False)
-            frozen, was_training = (self.module.codec, self.module.vision), self.module.training
+            with FileLock(f"{cache.dir}.lock"):  # parallel jobs of a plan / nodes on shared storage: one builds
+                if cache.complete:
+                    cache.check()
+                    continue
+                self._build(cache, split, device)
+
+    def _build(self, cache: LatentCacheSplit, split: str, device: Any) -> None:
+        """Compute one split's cached values with the frozen codec and teacher (resumable, shard by shard)."""
+        loader = self.base._loader(self._images(split), self.base.eval_batch_size, shuffle=False)
+        frozen, was_training = (self.module.codec, self.module.vision), self.module.training
+        for m in frozen:
+            m.to(device)
+        self.module.eval()  # the values that validation computes: rounding, no noise
+        try:
+            batches = max(1, self.shard_size // self.base.eval_batch_size)
+            cache.build(self.module, loader, batches, DTYPES[self.dtype], device)
+        finally:
+            self.module.train(was_training)
             for m in frozen:
-                m.to(device)
-            self.module.eval()  # the values that validation computes: rounding, no noise
-            try:
-                batches = max(1, self.shard_size // self.base.eval_batch_size)
-                cache.build(self.module, loader, batches, DTYPES[self.dtype], device)
-            finally:
-                self.module.train(was_training)
-                for m in frozen:
-                    m.to("cpu")
+                m.to("cpu")
 
     def _loader(self, split: str, shuffle: bool, batch_size: int) -> DataLoader:
-        """The cache read by index (litdata's random access), as a map-style dataset: Lightning's (distributed)
-        sampler shuffles and splits it between processes exactly as it does the images themselves. (litdata's
+        """The cache read by index (litdata's random access), as a map-style dataset: the training sampler
+        (``EpochSampler``) shuffles and splits it between processes as it does the images themselves. (litdata's
         ``StreamingDataLoader`` partitions whole chunks between ranks: in the 2-process test, 64 cached images in
         one chunk gave one rank no training batch at all.) A targets-only cache (phase 2) is joined to the images
         by dataset index."""
@@ -323,6 +334,8 @@ class LatentCacheDataModule(L.LightningDataModule):
         ds: torch.utils.data.Dataset = _Indexed(cache.dataset(), cache.length)
         if "y_hat" not in self.module.cache_fields(split):
             ds = _WithTargets(self._images(split), ds)
+        if shuffle:  # the training order of the images themselves (datamodules/sampler.py)
+            return train_loader(ds, batch_size, self.trainer, self.base.seed, self.base.num_workers, collate_skipping)
         return DataLoader(
             ds,
             batch_size=batch_size,

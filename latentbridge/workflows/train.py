@@ -48,6 +48,11 @@ def prepare_dependencies(cfg: DictConfig) -> None:
         ckpt, recipe = node.get("checkpoint"), node.get("prepare")
         if not ckpt or not recipe or Path(ckpt).is_file():
             continue
+        if launched_ranks() > 1:
+            raise ConfigError(
+                f"{key}.checkpoint: {ckpt} is missing and this is one of {launched_ranks()} processes launched "
+                "together; prepare it first in one process (latentbridge-reproduce's prepare job, or make train)"
+            )
         Path(ckpt).parent.mkdir(parents=True, exist_ok=True)
         with FileLock(f"{ckpt}.lock"):
             if Path(ckpt).is_file():  # another process prepared it meanwhile
@@ -64,6 +69,17 @@ def prepare_dependencies(cfg: DictConfig) -> None:
                 ],
             )
             run(sub)
+
+
+def launched_ranks() -> int:
+    """How many processes a cluster launcher started together (SLURM tasks, torchrun's WORLD_SIZE); 1 when this
+    process starts its own ranks (Lightning's ddp launcher re-runs the script only after preparation)."""
+    import os
+
+    for var in ("WORLD_SIZE", "SLURM_NTASKS"):
+        if os.environ.get(var, "").isdigit():
+            return int(os.environ[var])
+    return 1
 
 
 def _choice(group: str, default: str) -> str:
@@ -189,7 +205,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     module = build_scenario(cfg)
     if getattr(datamodule, "cache", False):
         datamodule = with_latent_cache(cfg, datamodule, module)
-    loggers = [instantiate(node) for node in (cfg.get("logger") or {}).values() if node is not None]
+    ckpt_path = cfg.get("ckpt_path")
+    # missing, unreadable or unsafe (a pickled payload): one line before Lightning loads it
+    resumed = read_checkpoint(ckpt_path, "ckpt_path") if ckpt_path is not None else None
+    run_id = resumed.get("wandb_run_id") if isinstance(resumed, dict) else None
+    del resumed
+    loggers = [instantiate(node, **logger_resume(node, run_id)) for node in (cfg.get("logger") or {}).values() if node]
     callbacks = build_callbacks(cfg, module, has_logger=bool(loggers))
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     for lg in loggers:
@@ -197,9 +218,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     set_epoch_length(cfg, datamodule, trainer)
     check_batches(datamodule, trainer)
-    ckpt_path = cfg.get("ckpt_path")
-    if ckpt_path is not None:  # missing, unreadable or unsafe (a pickled payload): one line before Lightning loads it
-        read_checkpoint(ckpt_path, "ckpt_path")
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     if trainer.interrupted:
         raise LatentBridgeError("training was interrupted; resume with ckpt_path=<run dir>/checkpoints/last.ckpt")
@@ -237,6 +255,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         print_results(results, out_dir / "results.json")
     finish_loggers(loggers)
     return results
+
+
+def logger_resume(node: DictConfig, run_id: str | None) -> dict[str, Any]:
+    """A resumed run continues its wandb run: the id its checkpoint carries (``lightning_modules/resume.py``)."""
+    if run_id and str(node.get("_target_", "")).endswith("WandbLogger"):
+        return {"id": run_id, "resume": "allow"}
+    return {}
 
 
 def finish_loggers(loggers: list[Any]) -> None:

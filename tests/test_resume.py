@@ -1,0 +1,108 @@
+"""Exact resume (issue: cluster scale): a run killed mid-epoch (``kill -9``) or preempted (the SLURM warning
+signal) and resumed from its ``last.ckpt`` ends with exactly the weights of the same run left alone."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from helpers.config import ROOT, TINY, hydra_cfg
+
+from latentbridge.core.config import hydra_quote
+from latentbridge.workflows.train import run as train_run
+from lightning_modules.resume import Preempted
+
+# phase 0 on random-init mini codec and synthetic images: every step draws quantization noise, so equal weights
+# need the data order *and* the RNG streams restored; 3 epochs of 8 steps
+CODEC = [
+    "experiment=mini_codec",
+    *TINY,
+    "data.train_size=64",
+    "data.batch_size=8",
+    "trainer.max_epochs=3",
+    "scenario.scheduler.milestones=[2]",
+]
+
+
+def _weights(run_dir):
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    return ckpt["global_step"], ckpt["state_dict"]
+
+
+def _assert_same(a, b):
+    (step_a, sd_a), (step_b, sd_b) = a, b
+    assert step_a == step_b == 24
+    assert sd_a.keys() == sd_b.keys()
+    differ = [k for k in sd_a if not torch.equal(sd_a[k], sd_b[k])]
+    assert not differ, f"{len(differ)} tensors differ, e.g. {differ[:3]}"
+
+
+@pytest.fixture(scope="module")
+def alone(tmp_path_factory):
+    """The uninterrupted run."""
+    tmp = tmp_path_factory.mktemp("alone")
+    with hydra_cfg(CODEC, tmp) as cfg:
+        train_run(cfg)
+    return _weights(tmp / "run")
+
+
+def test_a_run_killed_mid_epoch_and_resumed_from_last_ckpt_equals_the_run_left_alone(tmp_path, alone):
+    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'tests'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    run_dir = tmp_path / "run"
+    paths = [f"paths.output_dir={hydra_quote(run_dir)}", f"paths.cache_dir={hydra_quote(tmp_path / 'cache')}"]
+    killer = ["+callbacks.kill._target_=helpers.interrupt.SignalAt", "+callbacks.kill.step=13"]  # epoch 2 of 3
+    cmd = [sys.executable, str(ROOT / "train.py"), *CODEC, *paths]
+    killed = subprocess.run([*cmd, *killer], env=env, capture_output=True, text=True)
+    assert killed.returncode == -9, killed.stderr[-2000:]  # kill -9 in its second epoch
+    step, _ = _weights(run_dir)
+    assert step == 8  # last.ckpt: the end of the first epoch
+    resumed = subprocess.run(
+        [*cmd, f"ckpt_path={hydra_quote(run_dir / 'checkpoints' / 'last.ckpt')}"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    _assert_same(_weights(run_dir), alone)
+
+
+def test_a_run_preempted_mid_epoch_checkpoints_there_and_resumes_to_the_same_weights(tmp_path, alone):
+    signal_at = [
+        "+callbacks.preempt._target_=helpers.interrupt.SignalAt",
+        "+callbacks.preempt.step=13",
+        "+callbacks.preempt.signal_name=SIGUSR2",
+        "callbacks.exact_resume.check_every_n_steps=1",
+    ]
+    with hydra_cfg([*CODEC, *signal_at], tmp_path) as cfg, pytest.raises(Preempted, match="step 14"):
+        train_run(cfg)
+    step, _ = _weights(tmp_path / "run")
+    assert step == 14  # a mid-epoch checkpoint, at the first batch end after the signal
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    with hydra_cfg([*CODEC, f"ckpt_path={hydra_quote(last)}"], tmp_path) as cfg:
+        train_run(cfg)
+    _assert_same(_weights(tmp_path / "run"), alone)
+
+
+def test_resuming_without_the_exact_resume_callback_gives_other_weights(tmp_path, alone):
+    """The control: the same preemption and resume, with the RNG streams not restored, ends elsewhere (so the
+    equality above is the callback's doing, not a run without randomness)."""
+    signal_at = [
+        "+callbacks.preempt._target_=helpers.interrupt.SignalAt",
+        "+callbacks.preempt.step=13",
+        "+callbacks.preempt.signal_name=SIGUSR2",
+        "callbacks.exact_resume.check_every_n_steps=1",
+    ]
+    with hydra_cfg([*CODEC, *signal_at], tmp_path) as cfg, pytest.raises(Preempted):
+        train_run(cfg)
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    ckpt = torch.load(last, weights_only=True)
+    ckpt["callbacks"] = {k: v for k, v in ckpt["callbacks"].items() if "ExactResume" not in k}
+    torch.save(ckpt, last)
+    with hydra_cfg([*CODEC, f"ckpt_path={hydra_quote(last)}", "callbacks.exact_resume=null"], tmp_path) as cfg:
+        train_run(cfg)
+    step, state = _weights(tmp_path / "run")
+    assert step == 24
+    assert any(not torch.equal(state[k], alone[1][k]) for k in state)
