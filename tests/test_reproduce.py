@@ -26,6 +26,7 @@ def _cfg(tmp_path, *overrides: str):
                 f"out_dir={tmp_path / 'out'}",
                 f"paths.cache_dir={tmp_path / 'cache'}",
                 "paths.output_dir=.",
+                "dashboard.enabled=false",
                 *overrides,
             ],
         )
@@ -59,7 +60,7 @@ def test_phase2_follows_phase1_and_a_rerun_keeps_finished_runs_and_resumes_the_r
     with caplog.at_level(logging.INFO, logger="latentbridge"):
         again = _run(cfg)
     assert finished.stat().st_mtime_ns == stamp
-    assert "d1 lambda=0.0018: finished, kept" in caplog.text
+    assert "train/d1/lambda0.0018: finished, kept" in caplog.text
     assert "d2 lambda=0.0035: resuming" in caplog.text
     assert (out / "d2" / "lambda0.0035" / "results.json").is_file()
     assert len(again["rows"]) == len(results["rows"])

@@ -6,7 +6,6 @@ line on stderr and exit status 2, never a traceback. Resolvers are registered he
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -20,8 +19,9 @@ T = TypeVar("T")
 def conf_dir() -> Path:
     """The Hydra config tree: ``$LATENTBRIDGE_CONF``, else ``conf/`` of the source tree this package runs from
     (the editable install of ``make install``), so the console scripts work from any directory."""
-    given = os.environ.get("LATENTBRIDGE_CONF")
-    path = Path(given) if given else Path(__file__).resolve().parents[2] / "conf"
+    from latentbridge.core.config import conf_path
+
+    path = conf_path()
     if not (path / "train.yaml").is_file():
         print(
             f"error: LATENTBRIDGE_CONF: no Hydra config tree at {path} (set it to a checkout's conf/)", file=sys.stderr
@@ -59,15 +59,19 @@ def run_cli(fn: Callable[..., T], *args: Any) -> T:
         sys.exit(2)
 
 
-def hydra_command(config_name: str, work: Callable[[Any], T]) -> Callable[[], Any]:
+def hydra_command(config_name: str, work: Callable[[Any], T], flags: dict[str, str] | None = None) -> Callable[[], Any]:
     """A console-script ``main`` that composes ``conf/<config_name>.yaml`` from the command line and runs
-    ``work(cfg)`` under ``run_cli``; returns what ``work`` returns (Hydra hands it to sweepers)."""
+    ``work(cfg)`` under ``run_cli``; returns what ``work`` returns (Hydra hands it to sweepers). ``flags``: plain
+    command-line flags and the override each stands for (``--dry-run`` -> ``dry_run=true``)."""
     import hydra
 
     from latentbridge.core.config import register_resolvers
 
     def main() -> Any:
         register_resolvers()
+        for flag, override in (flags or {}).items():
+            if flag in sys.argv[1:]:
+                sys.argv = [a if a != flag else override for a in sys.argv]
 
         @hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name=config_name)
         def task(cfg: Any) -> T:

@@ -4,7 +4,7 @@ overrides and runs one workflow under ``run_cli``; nothing is imported until the
 
     latentbridge-train [experiment=...] [key=value ...]          # latentbridge.workflows.train.run
     latentbridge-evaluate sweep=<multirun dir> | 'runs=[...]'    # latentbridge.workflows.evaluate.evaluate
-    latentbridge-reproduce [plan=mini|paper|tiny]                # latentbridge.workflows.reproduce.reproduce
+    latentbridge-reproduce [plan=mini|paper|tiny] [launcher=slurm] [--dry-run]  # latentbridge.workflows.reproduce
     latentbridge-complexity [experiment=...]                     # latentbridge.analysis.complexity.complexity
     latentbridge-mllm-evaluate 'runs=[...]' 'tasks=[...]'        # latentbridge.workflows.mllm_evaluate
 """
@@ -31,6 +31,8 @@ def _train(cfg: Any) -> float | None:
 
 train = hydra_command("train", _train)
 evaluate = hydra_command("evaluate", _work("latentbridge.workflows.evaluate", "evaluate"))
-reproduce = hydra_command("reproduce", _work("latentbridge.workflows.reproduce", "reproduce"))
+reproduce = hydra_command(
+    "reproduce", _work("latentbridge.workflows.reproduce", "reproduce"), flags={"--dry-run": "dry_run=true"}
+)
 complexity = hydra_command("complexity", _work("latentbridge.analysis.complexity", "complexity"))
 mllm_evaluate = hydra_command("mllm_evaluate", _work("latentbridge.workflows.mllm_evaluate", "mllm_evaluate"))

@@ -4,6 +4,14 @@ from __future__ import annotations
 
 import os
 import secrets
+from pathlib import Path
+
+
+def conf_path() -> Path:
+    """The Hydra config tree: ``$LATENTBRIDGE_CONF``, else ``conf/`` of the source tree this package runs from
+    (the editable install of ``make install``)."""
+    given = os.environ.get("LATENTBRIDGE_CONF")
+    return Path(given) if given else Path(__file__).resolve().parents[2] / "conf"
 
 
 def wandb_offline() -> bool:

@@ -77,7 +77,13 @@ def run_overrides(cfg: DictConfig, run: str, lmbda: float | None) -> list[str]:
         *listed,
         f"paths.output_dir={hydra_quote(out)}",
         f"paths.cache_dir={hydra_quote(cfg.paths.cache_dir)}",
+        f"run_group={hydra_quote(cfg.dashboard.group)}",  # the plan's wandb group (when the run logs to wandb)
+        f"run_name={hydra_quote(f'{run}/{out.name}')}",
     ]
+    if cfg.launcher.name == "slurm":  # the GPUs its job asked for (plan.resources)
+        from latentbridge.workflows.launch import trainer_overrides
+
+        overrides += trainer_overrides(cfg, run)
     if spec.get("init_from"):
         parent = spec.init_from
         if parent not in cfg.plan.runs:
@@ -89,80 +95,132 @@ def run_overrides(cfg: DictConfig, run: str, lmbda: float | None) -> list[str]:
     return overrides
 
 
-def train_all(cfg: DictConfig) -> list[tuple[str, float | None]]:
-    """Train every (run, rate point) of the plan in order (phase-1 runs before the phase-2 runs that need them)."""
-    from hydra import compose
-
-    todo = [(run, lmbda) for run, spec in cfg.plan.runs.items() for lmbda in rates_of(cfg, spec)]
+def trainings(cfg: DictConfig) -> list[tuple[str, float | None]]:
+    """Every (run, rate point) of the plan to train, phase-1 runs before the phase-2 runs that need them
+    (``only``: these runs alone)."""
     only = set(cfg.only or [])
     unknown = only - set(cfg.plan.runs)
     if unknown:
         raise ConfigError(f"only: unknown run(s) {sorted(unknown)} (plan has {list(cfg.plan.runs)})")
-    for i, (run, lmbda) in enumerate(todo, 1):
-        if only and run not in only:
-            continue
-        out = run_dir(cfg, run, lmbda)
-        if (out / "results.json").is_file():
-            log.info("[%d/%d] %s lambda=%s: finished, kept (%s)", i, len(todo), run, lmbda, out)
-            continue
-        overrides = run_overrides(cfg, run, lmbda)
-        resumed = any(o.startswith("ckpt_path=") for o in overrides)
-        log.info("[%d/%d] %s lambda=%s: %s", i, len(todo), run, lmbda, "resuming" if resumed else "training")
-        train_run(compose(config_name="train", overrides=overrides))
+    todo = [(run, lmbda) for run, spec in cfg.plan.runs.items() for lmbda in rates_of(cfg, spec)]
     return [(r, lm) for r, lm in todo if not only or r in only]
 
 
-def evaluate_all(
-    cfg: DictConfig, todo: list[tuple[str, float | None]]
-) -> tuple[list[dict[str, Any]], dict[tuple[str, float], dict[str, Any]]]:
-    """One evaluation per (run, rate point) through ``trainer.test``, cached in its evaluation json; curve rows and
-    each evaluation's per-image columns (for paired statistics). A variable-rate run is opened once for all rates."""
-    rows: list[dict[str, Any]] = []
-    per_image: dict[tuple[str, float], dict[str, Any]] = {}
+def train_one(cfg: DictConfig, run: str, lmbda: float | None, where: str = "") -> None:
+    """Train one (run, rate point) in its fixed directory: skipped when finished (results.json), resumed from its
+    ``last.ckpt`` when interrupted. Needs Hydra's config search path (``jobs.hydra_context``)."""
+    from hydra import compose
+
+    out = run_dir(cfg, run, lmbda)
+    if (out / "results.json").is_file():
+        log.info("%s%s lambda=%s: finished, kept (%s)", where, run, lmbda, out)
+        return
+    overrides = run_overrides(cfg, run, lmbda)
+    resumed = any(o.startswith("ckpt_path=") for o in overrides)
+    log.info("%s%s lambda=%s: %s", where, run, lmbda, "resuming" if resumed else "training")
+    train_run(compose(config_name="train", overrides=overrides))
+
+
+def train_all(cfg: DictConfig) -> list[tuple[str, float | None]]:
+    """Train every (run, rate point) of the plan in order, in this process."""
+    todo = trainings(cfg)
+    for i, (run, lmbda) in enumerate(todo, 1):
+        train_one(cfg, run, lmbda, where=f"[{i}/{len(todo)}] ")
+    return todo
+
+
+def evaluation_settings(cfg: DictConfig) -> tuple[DictConfig, dict[str, Any]]:
+    """evaluate.py's settings for every run, and the key a cached evaluation must carry to be reused."""
     settings = OmegaConf.create({**OmegaConf.to_container(cfg.evaluate, resolve=True), "seed": cfg.seed})
-    reference = cfg.plan.reference_run  # its rate points also give the Reconstruction baseline and the bound
     key = {"limit": cfg.evaluate.limit, "few_shot_groups": cfg.evaluate.few_shot_groups, "seed": cfg.seed}
     if int(cfg.evaluate.get("mosaic") or 1) > 1:  # mosaics are formed per batch: both decide the bytes
         key |= {"mosaic": int(cfg.evaluate.mosaic), "batch_size": int(cfg.evaluate.batch_size)}
+    return settings, key
+
+
+def evaluation_files(cfg: DictConfig, run: str, trained_at: float | None) -> list[tuple[float, Path]]:
+    """(lambda, evaluation json) of one trained (run, rate point)."""
+    out = run_dir(cfg, run, trained_at)
+    return [
+        (lmbda, out / ("evaluation.json" if trained_at is not None else f"evaluation_lambda{lmbda}.json"))
+        for lmbda in eval_rates_of(cfg, cfg.plan.runs[run], trained_at)
+    ]
+
+
+def _cached(path: Path, key: dict[str, Any]) -> dict[str, Any] | None:
+    result = json.loads(path.read_text()) if path.is_file() else None
+    return result if result is not None and result.get("key") == key else None
+
+
+def evaluated(cfg: DictConfig, run: str, trained_at: float | None) -> bool:
+    """Whether every evaluation of this (run, rate point) is cached under the current settings."""
+    _, key = evaluation_settings(cfg)
+    return all(_cached(f, key) is not None for _, f in evaluation_files(cfg, run, trained_at))
+
+
+def evaluate_one(cfg: DictConfig, run: str, trained_at: float | None) -> None:
+    """Evaluate one trained (run, rate point) through ``trainer.test`` at each of its rates (a variable-rate run
+    is opened once for all), each result cached in its evaluation json."""
+    settings, key = evaluation_settings(cfg)
+    out, opened = run_dir(cfg, run, trained_at), None
+    for lmbda, cached in evaluation_files(cfg, run, trained_at):
+        if _cached(cached, key) is not None:
+            continue
+        opened = opened or ev.open_rate_point(out, settings)
+        finished, dm = opened
+        q = ev.rate_points(finished, [lmbda])[0]
+        started = time.time()
+        result = {"key": key, **ev.evaluate_rate_point(finished, dm, settings, q)}
+        if result.get("few_shot_error"):
+            raise ConfigError(f"evaluate.few_shot_groups: {result['few_shot_error']}; set it to 0 to skip 5-way 1-shot")
+        result["seconds"] = round(time.time() - started, 1)
+        atomic_write_json(cached, result)
+        log.info(
+            "evaluated %s lambda=%s in %.0f s: top-1 %.4f", run, lmbda, result["seconds"], result["method"]["top1"]
+        )
+
+
+def collect(
+    cfg: DictConfig, todo: list[tuple[str, float | None]]
+) -> tuple[list[dict[str, Any]], dict[tuple[str, float], dict[str, Any]], list[tuple[str, float | None]]]:
+    """Curve rows and per-image columns of every cached evaluation, and the (run, rate point)s without one."""
+    _, key = evaluation_settings(cfg)
+    rows: list[dict[str, Any]] = []
+    per_image: dict[tuple[str, float], dict[str, Any]] = {}
+    missing = []
+    reference = cfg.plan.reference_run  # its rate points also give the Reconstruction baseline and the bound
     for run, trained_at in todo:
         out = run_dir(cfg, run, trained_at)
-        opened = None
-        for lmbda in eval_rates_of(cfg, cfg.plan.runs[run], trained_at):
-            cached = out / ("evaluation.json" if trained_at is not None else f"evaluation_lambda{lmbda}.json")
-            result = json.loads(cached.read_text()) if cached.is_file() else None
-            if result is None or result.get("key") != key:
-                opened = opened or ev.open_rate_point(out, settings)
-                finished, dm = opened
-                q = ev.rate_points(finished, [lmbda])[0]
-                started = time.time()
-                result = {"key": key, **ev.evaluate_rate_point(finished, dm, settings, q)}
-                if result.get("few_shot_error"):
-                    raise ConfigError(
-                        f"evaluate.few_shot_groups: {result['few_shot_error']}; set it to 0 to skip 5-way 1-shot"
-                    )
-                result["seconds"] = round(time.time() - started, 1)
-                atomic_write_json(cached, result)
-                log.info(
-                    "evaluated %s lambda=%s in %.0f s: top-1 %.4f",
-                    run,
-                    lmbda,
-                    result["seconds"],
-                    result["method"]["top1"],
-                )
+        for lmbda, cached in evaluation_files(cfg, run, trained_at):
+            result = _cached(cached, key)
+            if result is None:
+                missing.append((run, trained_at))
+                break
             recon = "reconstruction" if run == reference else f"{run}/reconstruction"
             rows += ev.rows_of(run, result, str(out), lmbda, recon)
             per_image[(run, float(lmbda))] = result.get("per_image") or {}
             if run == reference and not any(r["method"] == "uncompressed" for r in rows):
                 rows.append(ev.uncompressed_row(result))
-    rows += evaluate_anchors(cfg, settings, key)
-    return rows, per_image
+    return rows, per_image, missing
 
 
-def evaluate_anchors(cfg: DictConfig, settings: DictConfig, key: dict[str, Any]) -> list[dict[str, Any]]:
+def evaluate_all(
+    cfg: DictConfig, todo: list[tuple[str, float | None]]
+) -> tuple[list[dict[str, Any]], dict[tuple[str, float], dict[str, Any]]]:
+    """Evaluate every trained (run, rate point) and the anchors in this process; curve rows and per-image columns."""
+    for run, trained_at in todo:
+        evaluate_one(cfg, run, trained_at)
+    rows, per_image, _ = collect(cfg, todo)
+    return rows + evaluate_anchors(cfg), per_image
+
+
+def evaluate_anchors(cfg: DictConfig, compute: bool = True) -> list[dict[str, Any]]:
     """``plan.anchors`` (codec -> qualities): traditional codecs through the reference run's encoder, each cached in
-    ``<out_dir>/anchors/<codec>_q<quality>.json``; unavailable codecs are skipped with the reason."""
+    ``<out_dir>/anchors/<codec>_q<quality>.json``; unavailable codecs are skipped with the reason. ``compute``
+    false: the cached rows only."""
     from latentbridge.codecs.traditional import unavailable_reason
 
+    settings, key = evaluation_settings(cfg)
     anchors = cfg.plan.get("anchors") or {}
     if not anchors:
         return []
@@ -176,8 +234,10 @@ def evaluate_anchors(cfg: DictConfig, settings: DictConfig, key: dict[str, Any])
             continue
         for quality in qualities:
             cached = Path(cfg.out_dir) / "anchors" / f"{name}_q{quality}.json"
-            row = json.loads(cached.read_text()) if cached.is_file() else None
-            if row is None or row.get("key") != key:
+            row = _cached(cached, key)
+            if row is None and not compute:
+                continue
+            if row is None:
                 opened = opened or ev.open_rate_point(run_dir(cfg, reference, trained_at), settings)
                 row = {"key": key, **ev.evaluate_anchor(*opened, name, int(quality), settings)}
                 atomic_write_json(cached, row)
@@ -212,8 +272,9 @@ def premise_of(cfg: DictConfig) -> dict[str, Any]:
     return premise(points)
 
 
-def reproduce(cfg: DictConfig) -> dict[str, Any]:
-    """Train, evaluate, plot and check every run of the plan; results.json / results.csv in ``out_dir``."""
+def report(cfg: DictConfig) -> dict[str, Any]:
+    """Figures, table and findings from every cached evaluation; the (run, rate point)s without one are listed
+    with their job's state and log files. results.json / results.csv in ``out_dir``."""
     from importlib import import_module
 
     from rich.console import Console
@@ -221,24 +282,44 @@ def reproduce(cfg: DictConfig) -> dict[str, Any]:
     from latentbridge.analysis.findings import print_findings
     from latentbridge.analysis.premise import print_premise
     from latentbridge.analysis.report import print_table, write_csv
+    from latentbridge.workflows.jobs import JobRecords, job_name
 
-    started = time.time()
     out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    todo = train_all(cfg)
-    trained_s = time.time() - started
-    rows, per_image = evaluate_all(cfg, todo)
+    todo = trainings(cfg)
+    rows, per_image, missing = collect(cfg, todo)
+    rows += evaluate_anchors(cfg, compute=False)
     plots = plot_figures(cfg, rows)
     findings_module = import_module(cfg.plan.get("findings_module") or "latentbridge.analysis.findings")
     findings = findings_module.check_findings(cfg, rows, per_image)
     checked_premise = premise_of(cfg) if cfg.plan.get("premise", True) else None
+    records = JobRecords(out).read()
+    failed = []
+    for run, lmbda in missing:
+        for kind in ("train", "evaluate"):
+            rec = records.get(job_name(kind, run, lmbda), {})
+            if rec.get("state") not in (None, "COMPLETED") or kind == "evaluate":
+                failed.append(
+                    {
+                        "run": run,
+                        "lmbda": lmbda,
+                        "job": job_name(kind, run, lmbda),
+                        **{k: rec.get(k) for k in ("state", "error", "stdout", "stderr", "job_id")},
+                    }
+                )
+                break
+    spans = [(r["started"], r.get("ended") or time.time()) for r in records.values() if r.get("started")]
+    trained = sum(e - s for name, r in records.items() if name.startswith("train/") for s, e in [_span(r)])
     results = {
         "plan": cfg.plan.name,
         "premise": checked_premise,
         "rows": rows,
         "plots": plots,
         "findings": findings,
-        "wall_time_s": {"train": round(trained_s, 1), "total": round(time.time() - started, 1)},
+        "failed": failed,
+        "wall_time_s": {
+            "train": round(trained, 1),
+            "total": round(max(e for _, e in spans) - min(s for s, _ in spans), 1) if spans else None,
+        },
     }
     atomic_write_json(out / "results.json", results)
     write_csv(out / "results.csv", rows)
@@ -246,6 +327,37 @@ def reproduce(cfg: DictConfig) -> dict[str, Any]:
     if checked_premise is not None:
         print_premise(checked_premise)
     print_findings(findings)
+    for f in failed:
+        logs = f" (logs: {f['stdout']}, {f['stderr']})" if f.get("stdout") else ""
+        print(f"FAILED {f['job']}: {f.get('state') or 'not run'} {f.get('error') or ''}{logs}")
     print(f"results: {out / 'results.json'} and results.csv; figures: {', '.join(plots.values())}")
-    print(f"wall time: {results['wall_time_s']['total']:.0f} s (training {trained_s:.0f} s)")
+    if results["wall_time_s"]["total"] is not None:
+        print(f"wall time: {results['wall_time_s']['total']:.0f} s (training {trained:.0f} s)")
+    update_dashboard(cfg, rows=rows, final=True, results=results)
     return results
+
+
+def _span(record: dict[str, Any]) -> tuple[float, float]:
+    started = record.get("started")
+    return (started, record.get("ended") or started) if started else (0.0, 0.0)
+
+
+def update_dashboard(
+    cfg: DictConfig, rows: list[dict[str, Any]] | None = None, final: bool = False, results: Any = None
+) -> None:
+    """The plan's figures on wandb (``latentbridge/analysis/dashboard.py``), when ``dashboard`` is on."""
+    if not cfg.get("dashboard", {}).get("enabled"):
+        return
+    from latentbridge.analysis.dashboard import log_figures
+
+    if rows is None:
+        rows, _, _ = collect(cfg, trainings(cfg))
+        rows += evaluate_anchors(cfg, compute=False)
+    log_figures(cfg, rows, final=final, results=results)
+
+
+def reproduce(cfg: DictConfig) -> dict[str, Any]:
+    """Run the plan's job graph with ``cfg.launcher`` (``latentbridge/workflows/launch.py``)."""
+    from latentbridge.workflows.launch import launch
+
+    return launch(cfg)
