@@ -43,3 +43,72 @@ def test_an_epoch_is_the_same_number_of_samples_on_one_and_on_two_processes(tmp_
         ckpt = torch.load(tmp_path / str(devices) / "run" / "checkpoints" / "last.ckpt", weights_only=True)
         steps[devices] = ckpt["global_step"]
     assert steps == {1: 32 // 8, 2: 32 // (8 * 2)}
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _train(tmp, overrides, nodes: int = 1):
+    """Train with ``tests/helpers/node.py``: one process, or ``nodes`` "nodes" x 1 process on localhost, each
+    started the way a cluster starts them (MASTER_ADDR / MASTER_PORT / NODE_RANK, Lightning's environment)."""
+    import os
+    import subprocess
+    import sys
+
+    from helpers.config import ROOT
+
+    from latentbridge.core.config import hydra_quote
+
+    paths = [f"paths.output_dir={hydra_quote(tmp / 'run')}", f"paths.cache_dir={hydra_quote(tmp / 'cache')}"]
+    base = {**os.environ, "LB_FIXED_NOISE": "1"}
+    cmd = [sys.executable, str(ROOT / "tests" / "helpers" / "node.py"), *overrides, *paths]
+    if nodes == 1:
+        procs = [subprocess.Popen(cmd, env=base, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)]
+    else:
+        port = str(_free_port())
+        dist = ["trainer=ddp_cpu", "trainer.devices=1", f"trainer.num_nodes={nodes}"]
+        procs = [
+            subprocess.Popen(
+                [*cmd, *dist],
+                env={**base, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "NODE_RANK": str(rank)},
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+            for rank in range(nodes)
+        ]
+    logs = [p.communicate(timeout=600)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), "\n".join(log[-3000:] for log in logs)
+    return torch.load(tmp / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+
+
+def _same_weights(a, b):
+    assert a["global_step"] == b["global_step"] == 4
+    assert a["state_dict"].keys() == b["state_dict"].keys()
+    for k, v in a["state_dict"].items():
+        torch.testing.assert_close(b["state_dict"][k], v, rtol=1e-4, atol=1e-5, msg=f"{k} differs")
+
+
+@pytest.mark.slow
+def test_two_nodes_take_the_steps_of_one_process_with_the_same_global_batch_d1_and_d2(tmp_path):
+    """2 nodes x 1 process (gloo, MASTER_ADDR / NODE_RANK as on a cluster), batch 8 each, against 1 process with
+    batch 16: the same samples per step (EpochSampler splits one permutation), gradients averaged by DDP, so the
+    same weights after 4 steps; for d1 (neck) and d2 (codec + neck, quantization noise fixed per value)."""
+    common = [*TINY_D1, "data.train_size=64", "+trainer.num_sanity_val_steps=0"]
+    single = _train(tmp_path / "d1_single", [*common, "data.batch_size=16"])
+    double = _train(tmp_path / "d1_nodes", [*common, "data.batch_size=8"], nodes=2)
+    _same_weights(single, double)
+    assert any(k.startswith("neck.") for k in single["state_dict"])
+
+    d1_dir = tmp_path / "d1_single" / "run"
+    phase2 = [*common, "experiment=mini_d2", "data=synthetic", "data.cache=false", "epoch_samples=null",
+              f"scenario.init_from='{d1_dir}'", "trainer.max_epochs=1"]  # fmt: skip
+    single = _train(tmp_path / "d2_single", [*phase2, "data.batch_size=16"])
+    double = _train(tmp_path / "d2_nodes", [*phase2, "data.batch_size=8"], nodes=2)
+    _same_weights(single, double)
+    assert any(k.startswith("codec.") for k in single["state_dict"])
