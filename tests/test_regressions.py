@@ -129,6 +129,7 @@ def test_bug4_every_key_named_in_an_error_message_applies_as_an_override(tmp_pat
         "train+folder": ["data=image_folder"],
         "evaluate": [],
         "reproduce": [],
+        "reproduce+slurm": ["launcher=slurm"],
         "mllm_evaluate": [],
     }
     unknown = dict(keys)

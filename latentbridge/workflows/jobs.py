@@ -116,22 +116,40 @@ class JobRecords:
     def __init__(self, out_dir: str | Path) -> None:
         self.path = Path(out_dir) / "jobs" / "state.json"
 
-    def read(self) -> dict[str, dict[str, Any]]:
+    def _load(self) -> dict[str, Any]:
         try:
-            return json.loads(self.path.read_text()).get("jobs", {})
+            return json.loads(self.path.read_text())
         except FileNotFoundError:
             return {}
         except (OSError, ValueError) as e:
             raise ConfigError(f"out_dir: {self.path} is unreadable ({type(e).__name__}); delete it") from None
 
-    def update(self, name: str, **fields: Any) -> None:
+    def read(self) -> dict[str, dict[str, Any]]:
+        return self._load().get("jobs", {})
+
+    @property
+    def launched(self) -> float | None:
+        """When the plan was last launched (the report's wall time counts the jobs started since)."""
+        return self._load().get("launched")
+
+    def _write(self, change: Any) -> None:
         from filelock import FileLock
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(f"{self.path}.lock"):
-            jobs = self.read()
+            state = self._load()
+            change(state)
+            atomic_write_json(self.path, state)
+
+    def update(self, name: str, **fields: Any) -> None:
+        def change(state: dict[str, Any]) -> None:
+            jobs = state.setdefault("jobs", {})
             jobs[name] = {**jobs.get(name, {}), **fields}
-            atomic_write_json(self.path, {"jobs": jobs})
+
+        self._write(change)
+
+    def mark_launch(self) -> None:
+        self._write(lambda state: state.__setitem__("launched", time.time()))
 
 
 # -- running one job ----------------------------------------------------------------------------------------

@@ -169,6 +169,7 @@ def launch(cfg: DictConfig) -> dict[str, Any]:
     if cfg.get("dry_run"):
         return {"jobs": print_graph(cfg, graph)}
     Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
+    JobRecords(cfg.out_dir).mark_launch()
     resolved = OmegaConf.to_container(cfg, resolve=True)
     if cfg.launcher.name == "local":
         result: Any = None

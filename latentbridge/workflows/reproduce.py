@@ -292,7 +292,8 @@ def report(cfg: DictConfig) -> dict[str, Any]:
     findings_module = import_module(cfg.plan.get("findings_module") or "latentbridge.analysis.findings")
     findings = findings_module.check_findings(cfg, rows, per_image)
     checked_premise = premise_of(cfg) if cfg.plan.get("premise", True) else None
-    records = JobRecords(out).read()
+    jobs = JobRecords(out)
+    records, launched = jobs.read(), jobs.launched or 0.0
     failed = []
     for run, lmbda in missing:
         for kind in ("train", "evaluate"):
@@ -307,8 +308,10 @@ def report(cfg: DictConfig) -> dict[str, Any]:
                     }
                 )
                 break
-    spans = [(r["started"], r.get("ended") or time.time()) for r in records.values() if r.get("started")]
-    trained = sum(e - s for name, r in records.items() if name.startswith("train/") for s, e in [_span(r)])
+    # this launch's jobs (finished work kept from earlier launches does not count)
+    now = {n: r for n, r in records.items() if (r.get("started") or 0.0) >= launched}
+    spans = [(r["started"], r.get("ended") or time.time()) for r in now.values()]
+    trained = sum((r.get("ended") or r["started"]) - r["started"] for n, r in now.items() if n.startswith("train/"))
     results = {
         "plan": cfg.plan.name,
         "premise": checked_premise,
@@ -335,11 +338,6 @@ def report(cfg: DictConfig) -> dict[str, Any]:
         print(f"wall time: {results['wall_time_s']['total']:.0f} s (training {trained:.0f} s)")
     update_dashboard(cfg, rows=rows, final=True, results=results)
     return results
-
-
-def _span(record: dict[str, Any]) -> tuple[float, float]:
-    started = record.get("started")
-    return (started, record.get("ended") or started) if started else (0.0, 0.0)
 
 
 def update_dashboard(
