@@ -57,7 +57,7 @@ def test_the_paper_plan_is_a_graph_phase_two_after_phase_one_evaluations_after_r
     out = capsys.readouterr().out
     assert "plan paper: 82 jobs, launcher=slurm" in out
     line = next(ln for ln in out.splitlines() if ln.strip().startswith("train/d2/lambda0.008"))
-    assert "1x8 GPU" in line and "afterok: prepare, train/d1/lambda0.008" in line
+    assert "1x8 GPU" in line and "afterok: train/d1/lambda0.008  " in line  # prepare: nothing to do here
     assert "[trainer=ddp trainer.devices=8 trainer.num_nodes=1]" in line
     assert "afterany: 40 jobs" in next(ln for ln in out.splitlines() if ln.strip().startswith("report"))
     assert not (tmp_path / "out" / "jobs").exists()  # a dry run submits and records nothing

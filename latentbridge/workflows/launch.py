@@ -141,10 +141,12 @@ def print_graph(cfg: DictConfig, graph: list[Job]) -> list[dict[str, Any]]:
     """``--dry-run``: every job, what it needs, its resources and what a run would do with it."""
     records = JobRecords(cfg.out_dir).read()
     cluster = cfg.launcher.get("cluster") or "local"
-    rows = []
+    rows, status = [], {}
     for job in graph:
         res = resources(cfg, job) if cfg.plan.get("resources") else {}
-        row = {"job": job.name, "status": _status(cfg, job, records, cluster), "after": list(job.after), **res}
+        status[job.name] = _status(cfg, job, records, cluster)
+        after = [d for d in job.after if status[d] != "finished"]  # what a submission would wait for
+        row = {"job": job.name, "status": status[job.name], "after": after, **res}
         if job.kind == "train" and cfg.launcher.name == "slurm":
             row["trainer"] = trainer_overrides(cfg, job.run)
         rows.append(row)
