@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from latentbridge.core.atomic_io import atomic_write_json
 from latentbridge.core.config import hydra_quote
-from latentbridge.core.errors import ConfigError
+from latentbridge.core.errors import ConfigError, LatentBridgeError
 from latentbridge.workflows import evaluate as ev
 from latentbridge.workflows.train import run as train_run
 
@@ -358,4 +358,10 @@ def reproduce(cfg: DictConfig) -> dict[str, Any]:
     """Run the plan's job graph with ``cfg.launcher`` (``latentbridge/workflows/launch.py``)."""
     from latentbridge.workflows.launch import launch
 
-    return launch(cfg)
+    result = launch(cfg)
+    failed = [f if isinstance(f, str) else f["job"] for f in (result or {}).get("failed") or []]
+    if failed:  # a non-zero exit for scripts; the summary above names each job and its log
+        raise LatentBridgeError(
+            f"{len(failed)} job(s) did not succeed ({', '.join(failed)}); rerun the same command to resubmit them"
+        )
+    return result
