@@ -190,3 +190,17 @@ def test_the_tiny_plan_as_local_jobs_survives_a_killed_job_and_a_rerun_completes
     assert "resuming" in log  # from the last.ckpt of its first epoch
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     assert results["failed"] == [] and len(results["rows"]) > 0
+
+
+def test_no_rank_of_a_multi_process_launch_trains_a_missing_teacher_or_codec(tmp_path, monkeypatch):
+    """Preparation belongs to the plan's prepare job (one process): a SLURM task of several that finds the mini
+    teacher / codec missing stops with one line instead of training it on every rank."""
+    from helpers.config import hydra_cfg
+
+    from latentbridge.workflows.train import prepare_dependencies
+
+    monkeypatch.setenv("SLURM_NTASKS", "2")
+    with hydra_cfg(["experiment=mini_d1"], tmp_path) as cfg, pytest.raises(ConfigError) as err:
+        prepare_dependencies(cfg)
+    assert "is missing and this is one of 2 processes launched together" in str(err.value)
+    assert str(err.value).split(":")[0] in ("codec.checkpoint", "vision.checkpoint")

@@ -188,7 +188,9 @@ def test_the_tiny_paper2_plan_trains_one_variable_rate_model_evaluates_it_at_eve
     assert [r["quality"] for r in jpeg] == [10, 50] and all(r["images"] == 30 for r in jpeg + rows)
     with caplog.at_level(logging.INFO, logger="latentbridge"):
         again = _run(cfg)
-    assert "evaluated" not in caplog.text and caplog.text.count("finished, kept") == 4
+    kept = [line for line in caplog.text.splitlines() if line.endswith(": finished, kept")]
+    assert "evaluated" not in caplog.text and sum(" - train/" in k or " train/" in k for k in kept) == 4
+    assert sum(" evaluate/" in k for k in kept) == 4  # 4 trainings, their evaluations: nothing redone
     assert again["rows"] == results["rows"]
 
 
