@@ -179,19 +179,24 @@ class PlanJob:
         cfg = OmegaConf.create(self.cfg)
         if not logging.getLogger().handlers:  # a job process of its own: its log file shows the progress
             logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
-        records = JobRecords(cfg.out_dir)
-        records.update(self.job.name, state="RUNNING", started=time.time(), host=socket.gethostname(), pid=os.getpid())
+        # a multi-node training runs this in every SLURM task: the first task speaks for the job
+        records = JobRecords(cfg.out_dir) if int(os.environ.get("SLURM_PROCID", "0")) == 0 else None
+        if records:
+            records.update(
+                self.job.name, state="RUNNING", started=time.time(), host=socket.gethostname(), pid=os.getpid()
+            )
         try:
             with hydra_context():
                 result = run_job(cfg, self.job)
         except BaseException as e:
             first = (str(e).splitlines() or [type(e).__name__])[0]
-            records.update(self.job.name, state="FAILED", ended=time.time(), error=f"{type(e).__name__}: {first}")
-            if not isinstance(e, Exception):
-                raise
-            log.error("%s failed:\n%s", self.job.name, traceback.format_exc())
+            if records:
+                records.update(self.job.name, state="FAILED", ended=time.time(), error=f"{type(e).__name__}: {first}")
+            if isinstance(e, Exception):
+                log.error("%s failed:\n%s", self.job.name, traceback.format_exc())
             raise
-        records.update(self.job.name, state="COMPLETED", ended=time.time(), error=None)
+        if records:
+            records.update(self.job.name, state="COMPLETED", ended=time.time(), error=None)
         return result
 
 
