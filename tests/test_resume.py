@@ -106,3 +106,20 @@ def test_resuming_without_the_exact_resume_callback_gives_other_weights(tmp_path
     step, state = _weights(tmp_path / "run")
     assert step == 24
     assert any(not torch.equal(state[k], alone[1][k]) for k in state)
+
+
+def test_under_slurm_a_preempted_run_requeues_its_job(tmp_path, monkeypatch):
+    """Inside a SLURM job, rank 0 asks SLURM to requeue the job after the preemption checkpoint (a stand-in
+    ``scontrol`` records the call); the requeued job then resumes from last.ckpt as above."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "scontrol").write_text(f'#!/bin/sh\necho "$@" > {tmp_path / "scontrol.args"}\n')
+    (bin_dir / "scontrol").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    signal_at = ["+callbacks.preempt._target_=helpers.interrupt.SignalAt", "+callbacks.preempt.step=3",
+                 "+callbacks.preempt.signal_name=SIGUSR2", "trainer.max_epochs=1"]  # fmt: skip
+    with hydra_cfg([*CODEC, *signal_at], tmp_path) as cfg, pytest.raises(Preempted, match="the SLURM job was requeued"):
+        train_run(cfg)
+    assert (tmp_path / "scontrol.args").read_text().split() == ["requeue", "4242"]
+    assert _weights(tmp_path / "run")[0] == 4
