@@ -106,10 +106,14 @@ def test_fuzz_thousands_of_mutated_bitstreams_are_refused_cleanly():
 
 def test_forged_container_with_a_valid_checksum_decodes_without_crash_and_bad_sizes_are_refused():
     """CRC-32 catches damage, not forgery: a re-checksummed garbage payload range-decodes to garbage of the right
-    shape (no crash, no hang); header fields are still range-checked."""
+    shape (no crash, no hang); header fields are still range-checked; a string that no rANS coder writes (not
+    whole 32-bit words, shorter than the 8-byte flush) is refused."""
     codec = _codec("mini")
     bs = Bitstream.from_bytes(encode_image(codec, torch.rand(1, 3, 64, 64), 0.01))
     bs.strings = [[b"\x00" * 3], bs.strings[1]]
+    with pytest.raises(BitstreamError, match=r"string 0 \(3 bytes\) is not a rANS coding"):
+        decode_latent(codec, bs.to_bytes(), lmbda=0.01)
+    bs.strings = [[b"\x00" * 12], bs.strings[1]]
     y_hat, _ = decode_latent(codec, bs.to_bytes(), lmbda=0.01)
     assert y_hat.shape == (1, 24, 64 // codec.stride, 64 // codec.stride)
     bs.height = 0
@@ -183,3 +187,120 @@ def test_a_batch_encodes_to_the_bytes_of_each_image_alone_with_the_estimate_of_t
     live = codec.latent(x)
     for key, lk in live.likelihoods.items():
         torch.testing.assert_close(coded.likelihoods[key], lk)
+
+
+# -- hostile input (issue: split inference as a service) --------------------------------------------------------
+def _forged(codec, lmbda, height, width, strings, key=None):
+    bs = Bitstream.from_bytes(encode_image(codec, torch.rand(1, 3, 32, 32), lmbda))
+    return Bitstream(bs.codec_id, bs.config_hash, bs.lmbda, height, width, strings).to_bytes(key)
+
+
+def test_the_forged_25_byte_stream_that_crashed_the_decoder_is_a_one_line_error_in_a_process_that_lives():
+    """A valid checksum, a header claiming 256x256 or 4096x4096, empty strings: compressai's rANS decoder read past
+    them and the process died of SIGSEGV. Run in a child process, so a regression fails here instead of killing
+    pytest."""
+    code = """
+import torch
+from latentbridge.codecs.adapter import build_codec
+from latentbridge.codecs import bitstream as B
+torch.manual_seed(0)
+codec = build_codec("mini", lmbda=0.0018).eval(); codec.model.update(force=True)
+bs = B.Bitstream.from_bytes(B.encode_image(codec, torch.rand(1, 3, 32, 32), 0.0018))
+for side in (256, 4096):
+    forged = B.Bitstream(bs.codec_id, bs.config_hash, bs.lmbda, side, side, [[b""], [b""]]).to_bytes()
+    try:
+        B.decode_latent(codec, forged, 0.0018)
+        print(len(forged), "decoded")
+    except B.BitstreamError as e:
+        print(len(forged), e)
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.splitlines() == ["25 bitstream string 0 (0 bytes) is not a rANS coding (32-bit words, >=8)"] * 2
+
+
+def test_garbage_strings_of_the_right_shape_decode_inside_a_zero_padded_copy():
+    """The guard: compressai's decoder runs on the string followed by zeros it cannot read past; a real stream
+    decodes to the same latent with or without the guard (the padding is never read)."""
+    from latentbridge.codecs.bitstream import guarded
+
+    codec = _codec("mini")
+    data = encode_image(codec, torch.rand(1, 3, 64, 48), 0.01)
+    bs = Bitstream.from_bytes(data)
+    shape = codec.coded_shape(64, 48)
+    assert torch.equal(decode_latent(codec, data, 0.01)[0], codec.decompress_latent(bs.strings, shape))
+    n = codec.string_symbols(64, 48)
+    assert len(guarded(b"\xff" * 16, n[0])) == 16 + 4 * (n[0] + n[0] // 4 + 8) + 16 * 16 + 256
+    y_hat, _ = decode_latent(codec, _forged(codec, 0.01, 64, 48, [[b"\xff" * 64], [b"\xff" * 8]]), 0.01)
+    assert y_hat.shape == (1, 24, 8, 6) and torch.isfinite(y_hat).all()
+
+
+def test_a_string_table_that_is_not_the_codecs_an_oversized_image_or_string_is_refused_before_decoding():
+    codec = _codec("mini")
+    hundreds = [[b"\x00" * 8] for _ in range(200)]
+    with pytest.raises(BitstreamError, match=r"string table \[1, 1, 1, .* is not codec 'mini''s \(2 entropy-coded"):
+        decode_latent(codec, _forged(codec, 0.01, 32, 32, hundreds), 0.01)
+    with pytest.raises(BitstreamError, match=r"string table \[2, 1\] is not codec 'mini''s"):
+        decode_latent(codec, _forged(codec, 0.01, 32, 32, [[b"\x00" * 8] * 2, [b"\x00" * 8]]), 0.01)
+    with pytest.raises(BitstreamError, match="claims a 4096x4097 image, more than max_pixels=16777216"):
+        decode_latent(codec, _forged(codec, 0.01, 4096, 4097, [[b"\x00" * 8]] * 2), 0.01)
+    with pytest.raises(BitstreamError, match="claims a 64x64 image, more than max_pixels=1024"):
+        decode_latent(codec, _forged(codec, 0.01, 64, 64, [[b"\x00" * 8]] * 2), 0.01, max_pixels=1024)
+    n = codec.string_symbols(16, 16)[0]  # y of a 16x16 image: 24 x 2 x 2 symbols
+    with pytest.raises(BitstreamError, match=f"string 0 \\({4 * n + 1028} bytes\\) is longer than any coding of {n}"):
+        decode_latent(codec, _forged(codec, 0.01, 16, 16, [[b"\x00" * (4 * n + 1028)], [b"\x00" * 8]]), 0.01)
+
+
+def test_every_codec_writes_exactly_the_string_table_the_decoder_expects():
+    from latentbridge.codecs.adapter import CODECS
+
+    for name, spec in CODECS.items():
+        torch.manual_seed(0)
+        codec = build_codec(name, lmbda=None if spec.ladder else 0.01).eval()
+        codec.model.update(force=True)
+        p = codec.pad_multiple
+        gain = codec.ladder.gain(0.5) if codec.variable_rate else None
+        with torch.no_grad():
+            strings = codec.compress(torch.rand(1, 3, p, 2 * p), gain)["strings"]
+        assert [len(g) for g in strings] == [1] * len(codec.string_symbols(p, 2 * p)), name
+
+
+def test_with_a_shared_key_only_streams_signed_with_it_decode():
+    codec = _codec("mini")
+    x = torch.rand(1, 3, 32, 32)
+    signed = encode_image(codec, x, 0.01, key=b"device fleet 7")
+    assert len(signed) == len(encode_image(codec, x, 0.01)) + 32
+    y_hat, _ = decode_latent(codec, signed, 0.01, key=b"device fleet 7")
+    assert torch.equal(y_hat, decode_latent(codec, encode_image(codec, x, 0.01), 0.01)[0])
+    with pytest.raises(BitstreamError, match="failed authentication"):
+        decode_latent(codec, signed, 0.01, key=b"another key")
+    with pytest.raises(BitstreamError, match="failed authentication"):
+        decode_latent(codec, encode_image(codec, x, 0.01), 0.01, key=b"device fleet 7")  # unsigned
+    with pytest.raises(BitstreamError, match="needs the decoder's key"):
+        decode_latent(codec, signed, 0.01)  # a signed stream at a decoder without the key
+
+
+def _fuzz(cases, max_pixels, tmp_path):
+    import json
+
+    out = tmp_path / "fuzz.json"
+    cmd = [sys.executable, str(ROOT / "scripts" / "fuzz_decoder.py"), "--cases", str(cases), "--json", str(out)]
+    done = subprocess.run([*cmd, "--max-pixels", str(max_pixels)], capture_output=True, text=True, timeout=1800)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]  # no signal, no failure
+    return json.loads(out.read_text())
+
+
+def test_a_thousand_hostile_streams_end_in_a_decode_or_a_one_line_error(tmp_path):
+    report = _fuzz(1000, 128 * 128, tmp_path)
+    assert report["failures"] == [] and sum(report["outcomes"].values()) == 1000
+    assert report["outcomes"]["decoded"] > 50 and len(report["outcomes"]) > 10
+    assert report["slowest_s"] < 2.0
+
+
+@pytest.mark.slow
+def test_ten_thousand_hostile_streams_in_bounded_time_and_memory(tmp_path):
+    """The issue's fuzz: >= 10,000 cases (forged headers with valid checksums, garbage strings, mutations),
+    each a decode or a one-line error within 2 s, the process under 3 GB, never a signal."""
+    report = _fuzz(10_000, 128 * 128, tmp_path)
+    assert report["failures"] == [] and sum(report["outcomes"].values()) == 10_000
+    assert report["slowest_s"] < 2.0 and report["peak_rss_mb"] < 3072

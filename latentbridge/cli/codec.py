@@ -24,7 +24,7 @@ import torch
 from torchvision.transforms.functional import to_pil_image
 
 from latentbridge.codecs.adapter import load_codec_checkpoint
-from latentbridge.codecs.bitstream import bits_per_pixel_of, decode_latent, encode_image
+from latentbridge.codecs.bitstream import MAX_PIXELS, bits_per_pixel_of, decode_latent, encode_image
 from latentbridge.core.atomic_io import atomic_write_bytes, read_checkpoint
 from latentbridge.core.errors import ConfigError, DataError, LatentBridgeError
 from latentbridge.core.images import read_image
@@ -41,15 +41,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", help="encode with a variable-rate codec: a lambda of its ladder, or q=<0..1>")
     parser.add_argument("--preedit", type=Path, help="encode: the pre-editor of this export (default: the codec's)")
     parser.add_argument("--no-preedit", action="store_true", help="encode: skip the pre-editor")
+    parser.add_argument("--key-file", type=Path, help="a shared key: encode signs (HMAC-SHA256), decode checks")
+    parser.add_argument("--max-pixels", type=int, default=MAX_PIXELS, help="decode: refuse larger images")
     args = parser.parse_args(argv)
     try:
+        key = read_key(args.key_file)
         codec, lmbda = load_codec_checkpoint(args.codec)
         rate, edit = encode_settings(args, codec, lmbda)
         for path in args.inputs:
             if args.command == "encode":
                 x = read_image(path)
                 with torch.no_grad():
-                    data = encode_image(codec, edit(x), rate)
+                    data = encode_image(codec, edit(x), rate, key=key)
                 out = args.output_dir / f"{path.stem}.lbr"
                 atomic_write_bytes(out, data)
                 bpp = bits_per_pixel_of(data, x.shape[-2], x.shape[-1])
@@ -61,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
                 except OSError as e:
                     raise DataError(f"{path}: cannot read ({e.strerror})") from None
                 try:
-                    y_hat, bs = decode_latent(codec, data, lmbda)
+                    y_hat, bs = decode_latent(codec, data, lmbda, max_pixels=args.max_pixels, key=key)
                 except LatentBridgeError as e:
                     raise DataError(f"{path}: {e}") from None
                 x_hat = codec.synthesize(y_hat)[..., : bs.height, : bs.width]
@@ -75,6 +78,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+def read_key(path: Path | None) -> bytes | None:
+    """The shared HMAC key: the file's bytes (at least 16), or None."""
+    if path is None:
+        return None
+    try:
+        key = path.read_bytes().strip()
+    except OSError as e:
+        raise DataError(f"--key-file: {path}: cannot read ({e.strerror})") from None
+    if len(key) < 16:
+        raise DataError(f"--key-file: {path} holds {len(key)} bytes; a key needs at least 16")
+    return key
 
 
 def encode_settings(args: argparse.Namespace, codec: Any, lmbda: float | None) -> tuple[float | None, Callable]:

@@ -157,6 +157,13 @@ class CodecAdapter(nn.Module):
         the hyper-latent grid (the padding multiple is the hyper-latent's stride)."""
         return torch.Size([height // self.pad_multiple, width // self.pad_multiple])
 
+    def string_symbols(self, height: int, width: int) -> list[int]:
+        """How many symbols each entropy-coded string of one padded H x W image codes, in the order the container
+        stores them (y, then z): what a bitstream's string table must match, and the bound on what decoding it may
+        read (``codecs/bitstream.py``)."""
+        y = int(self.arch["M"]) * (height // self.stride) * (width // self.stride)
+        return [y, int(self.arch["N"]) * (height // self.pad_multiple) * (width // self.pad_multiple)]
+
 
 class HyperpriorAdapter(CodecAdapter):
     """Ballé et al. 2018 scale hyperprior (``bmshj2018-hyperprior``): y_hat = round(y)."""
@@ -234,6 +241,13 @@ class ElicAdapter(CodecAdapter):
     def coded_shape(self, height: int, width: int) -> Any:
         grid = (height // self.stride, width // self.stride)
         return {"y": [torch.Size([g, *grid]) for g in self.model.groups], "hyper": super().coded_shape(height, width)}
+
+    def string_symbols(self, height: int, width: int) -> list[int]:
+        """Two strings per channel group of y (the checkerboard's anchor and non-anchor halves; the padded grid has
+        even sides), then z."""
+        half = (height // self.stride) * (width // self.stride) // 2
+        z = int(self.arch["N"]) * (height // self.pad_multiple) * (width // self.pad_multiple)
+        return [int(g) * half for g in self.model.groups for _ in range(2)] + [z]
 
 
 class VbrAdapter(MeanScaleAdapter):
