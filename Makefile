@@ -13,7 +13,7 @@ install: system-deps  ## venv + pinned dependencies (offline on the dev machine)
 	test -x $(PY) || python3 -m venv .venv
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -c constraints.txt torch torchvision
-	$(PIP) install -q -c constraints.txt -e ".[train,eval,mllm,slurm,dev]"
+	$(PIP) install -q -c constraints.txt -e ".[train,eval,mllm,slurm,serve,dev]"
 
 train:  ## the main job: d1 on the offline mini setup (prepares and caches the mini teacher and codec once)
 	$(PY) train.py $(ARGS)

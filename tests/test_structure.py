@@ -23,6 +23,7 @@ LAYERS = [
     ("latentbridge.runs",),
     ("latentbridge.analysis",),
     ("latentbridge.mllm",),
+    ("latentbridge.serve",),
     ("latentbridge.workflows",),
     ("latentbridge.cli",),
 ]

@@ -3,6 +3,7 @@
     latentbridge-codec encode --codec codec.pt img1.png img2.jpg -o out/     # out/img1.lbr, out/img2.lbr
     latentbridge-codec decode --codec codec.pt out/img1.lbr -o rec/ [--latent] # rec/img1.png (+ img1.latent.pt)
     latentbridge-codec encode --codec p2/export.pt --rate 0.0009 img.png -o out/  # a variable-rate codec (paper 2)
+    latentbridge-codec encode --codec codec.pt img.png -o out/ --send http://server:8000  # the edge of split inference
 
 ``--codec`` is a trained codec checkpoint (phase 0's export, e.g. .cache/latentbridge/codecs/mini_s8_lambda*.pt,
 or a paper-2 run's export.pt). A variable-rate codec needs ``--rate`` to encode (a lambda inside its ladder, or
@@ -25,6 +26,7 @@ from torchvision.transforms.functional import to_pil_image
 
 from latentbridge.codecs.adapter import load_codec_checkpoint
 from latentbridge.codecs.bitstream import MAX_PIXELS, bits_per_pixel_of, decode_latent, encode_image
+from latentbridge.codecs.keys import read_key
 from latentbridge.core.atomic_io import atomic_write_bytes, read_checkpoint
 from latentbridge.core.errors import ConfigError, DataError, LatentBridgeError
 from latentbridge.core.images import read_image
@@ -42,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--preedit", type=Path, help="encode: the pre-editor of this export (default: the codec's)")
     parser.add_argument("--no-preedit", action="store_true", help="encode: skip the pre-editor")
     parser.add_argument("--key-file", type=Path, help="a shared key: encode signs (HMAC-SHA256), decode checks")
+    parser.add_argument("--send", metavar="URL", help="encode: POST each bitstream to a latentbridge-serve server")
+    parser.add_argument("--prompt", help="with --send: ask the server's MLLM this (/v1/generate)")
     parser.add_argument("--max-pixels", type=int, default=MAX_PIXELS, help="decode: refuse larger images")
     args = parser.parse_args(argv)
     try:
@@ -58,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
                 bpp = bits_per_pixel_of(data, x.shape[-2], x.shape[-1])
                 at = "" if not codec.variable_rate else f", gain {rate:.6g}"
                 print(f"{path} -> {out}: {len(data)} bytes, {bpp:.4f} bpp ({x.shape[-1]}x{x.shape[-2]}{at})")
+                if args.send:
+                    print(f"  {send(args.send, data, args.prompt)}")
             else:
                 try:
                     data = path.read_bytes()
@@ -80,17 +86,38 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def read_key(path: Path | None) -> bytes | None:
-    """The shared HMAC key: the file's bytes (at least 16), or None."""
-    if path is None:
-        return None
+def send(url: str, data: bytes, prompt: str | None = None, timeout: float = 60.0) -> str:
+    """POST a bitstream to a server (``latentbridge-serve``): /v1/latent, or /v1/generate with a prompt; one line
+    describing the answer. An error status is a one-line error with the server's reason."""
+    import json
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    base = url.rstrip("/")
+    for tail in ("/v1/latent", "/v1/generate"):
+        base = base.removesuffix(tail)
+    target = f"{base}/v1/generate?{urllib.parse.urlencode({'prompt': prompt})}" if prompt else f"{base}/v1/latent"
+    req = urllib.request.Request(target, data=data, headers={"Content-Type": "application/octet-stream"})
     try:
-        key = path.read_bytes().strip()
-    except OSError as e:
-        raise DataError(f"--key-file: {path}: cannot read ({e.strerror})") from None
-    if len(key) < 16:
-        raise DataError(f"--key-file: {path} holds {len(key)} bytes; a key needs at least 16")
-    return key
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            body, headers = r.read(), r.headers
+    except urllib.error.HTTPError as e:
+        reason = e.read().decode(errors="replace")
+        try:
+            reason = json.loads(reason)["error"]
+        except (ValueError, KeyError, TypeError):
+            pass
+        raise DataError(f"--send: {target}: HTTP {e.code}: {reason}") from None
+    except (urllib.error.URLError, OSError) as e:
+        raise DataError(f"--send: {target}: {getattr(e, 'reason', e)}") from None
+    if prompt:
+        answer = json.loads(body)
+        return f"{target} -> {answer['answer']!r} ({answer['bytes']} bytes, {answer['bpp']:.4f} bpp)"
+    return (
+        f"{target} -> features {headers['X-LatentBridge-Shape']} ({len(body)} bytes back; the server read "
+        f"{headers['X-LatentBridge-Bytes']} bytes, {float(headers['X-LatentBridge-Bpp']):.4f} bpp)"
+    )
 
 
 def encode_settings(args: argparse.Namespace, codec: Any, lmbda: float | None) -> tuple[float | None, Callable]:

@@ -7,6 +7,7 @@ overrides and runs one workflow under ``run_cli``; nothing is imported until the
     latentbridge-reproduce [plan=mini|paper|tiny] [launcher=slurm] [--dry-run]  # latentbridge.workflows.reproduce
     latentbridge-complexity [experiment=...]                     # latentbridge.analysis.complexity.complexity
     latentbridge-mllm-evaluate 'runs=[...]' 'tasks=[...]'        # latentbridge.workflows.mllm_evaluate
+    latentbridge-serve run=<run dir> [port=8000]                 # latentbridge.serve.main.serve
 """
 
 from __future__ import annotations
@@ -35,4 +36,5 @@ reproduce = hydra_command(
     "reproduce", _work("latentbridge.workflows.reproduce", "reproduce"), flags={"--dry-run": "dry_run=true"}
 )
 complexity = hydra_command("complexity", _work("latentbridge.analysis.complexity", "complexity"))
+serve = hydra_command("serve", _work("latentbridge.serve.main", "serve"))
 mllm_evaluate = hydra_command("mllm_evaluate", _work("latentbridge.workflows.mllm_evaluate", "mllm_evaluate"))

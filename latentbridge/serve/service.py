@@ -1,0 +1,156 @@
+"""What the server does with a bitstream, without HTTP (issue: split inference as a service).
+
+A ``Service`` holds one finished run (``open_run``: codec, transform-neck, encoder from block k) on a device:
+
+- ``decode``: bytes -> y_hat through the hardened decoder (``codecs/bitstream.py``: a one-line ``BitstreamError``
+  for anything that is not this codec's stream, never a crash), at most ``max_pixels``, optionally authenticated;
+- ``features``: y_hats -> what the MLLM's projector consumes, by ``routes``: ``neck`` (C'(T(y_hat)), the method) or
+  ``reconstruction`` (C(g_s(y_hat)), the baseline served the same way), batched over requests of one image size;
+- ``generate``: with an MLLM (LLaVA-1.5 through ``mllm/llava_reader.py``), prompt + features -> answer text.
+"""
+
+from __future__ import annotations
+
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from latentbridge import routes
+from latentbridge.codecs.bitstream import MAX_PIXELS, Bitstream, decode_latent
+from latentbridge.core.errors import ConfigError
+
+PATHS = ("neck", "reconstruction")
+
+
+@dataclass
+class Decoded:
+    """One request's decoded stream: y_hat, the header, the bytes it came in."""
+
+    y_hat: Tensor
+    header: Bitstream
+    nbytes: int
+
+    @property
+    def bpp(self) -> float:
+        return 8.0 * self.nbytes / (self.header.height * self.header.width)
+
+
+@dataclass
+class Service:
+    """A finished run ready to serve (built by ``Service.load``)."""
+
+    run_dir: Path
+    module: Any
+    lmbda: float | None
+    device: torch.device
+    max_pixels: int = MAX_PIXELS
+    key: bytes | None = None
+    reader: Any = None
+    parts: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def load(
+        cls,
+        run_dir: str | Path,
+        device: str = "auto",
+        max_pixels: int = MAX_PIXELS,
+        key: bytes | None = None,
+        mllm: str | None = None,
+        mllm_dtype: str = "float16",
+    ) -> Service:
+        """Open the run once (best checkpoint, entropy tables updated, eval mode) on ``device``."""
+        from latentbridge.runs import open_run
+
+        finished = open_run(run_dir, "run")
+        module = finished.module
+        if not hasattr(module, "neck") or module.neck is None:
+            raise ConfigError(f"run: {run_dir} has no transform-neck (serve a d1 / d2 / d3 run)")
+        dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
+        module.to(dev).eval()
+        reader = None
+        encoder = module.vision
+        if mllm:
+            from latentbridge.mllm.llava_reader import LlavaReader, LlavaTower
+
+            reader = LlavaReader.from_pretrained(mllm, dtype=mllm_dtype, device=str(dev))
+            if module.vision.width != reader.tower.config.hidden_size:
+                raise ConfigError("mllm: the run's neck was trained for another vision tower than this LLaVA's")
+            encoder = LlavaTower(reader, module.vision.preprocess)
+        service = cls(Path(run_dir), module, finished.lmbda, dev, int(max_pixels), key, reader)
+        service.parts = {
+            "neck": SimpleNamespace(
+                codec=module.codec, encoder=encoder, neck=module.neck, post=None, skip_blocks=module.skip_blocks
+            ),  # fmt: skip
+            "reconstruction": SimpleNamespace(
+                codec=module.codec, encoder=encoder, neck=None, post=None, skip_blocks=0
+            ),  # fmt: skip
+        }
+        return service
+
+    def decode(self, data: bytes) -> Decoded:
+        """Bytes -> y_hat on the service's device (hardened; ``BitstreamError`` on bad input)."""
+        y_hat, header = decode_latent(self.module.codec, data, self.lmbda, self.max_pixels, self.key)
+        return Decoded(y_hat, header, len(data))
+
+    @torch.no_grad()
+    def features(self, decoded: list[Decoded], path: str = "neck") -> list[Tensor]:
+        """The features of each decoded stream (one forward per group of equal latent shapes), on the CPU."""
+        if path not in PATHS:
+            raise ValueError(f"path must be one of {', '.join(PATHS)}, got '{path}'")
+        route, parts = routes.latent_route(path), self.parts[path]
+        out: list[Tensor | None] = [None] * len(decoded)
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, d in enumerate(decoded):
+            groups.setdefault(tuple(d.y_hat.shape), []).append(i)
+        for members in groups.values():
+            batch = torch.cat([decoded[i].y_hat for i in members]).to(self.device)
+            feats = route(parts, batch).float().cpu()
+            for j, i in enumerate(members):
+                out[i] = feats[j : j + 1]
+        return out  # type: ignore[return-value]
+
+    def generate(self, features: Tensor, prompt: str, max_new_tokens: int = 64) -> str:
+        """The MLLM's answer to ``prompt`` about the image behind ``features`` (neck path)."""
+        if self.reader is None:
+            raise ConfigError("mllm: this server has no MLLM (start it with mllm=<LLaVA-1.5 id or dir>)")
+        return self.reader.answer([prompt], features.to(self.device), max_new_tokens=max_new_tokens)[0]
+
+    def info(self) -> dict[str, Any]:
+        """What a client needs to know: codec, rate point, signature, limits, versions."""
+        import compressai
+        import lightning
+
+        import latentbridge
+
+        codec = self.module.codec
+        return {
+            "run": str(self.run_dir),
+            "scenario": type(self.module).__name__,
+            "codec": {
+                "name": codec.name,
+                "lmbda": self.lmbda,
+                "variable_rate": codec.variable_rate,
+                "pad_multiple": codec.pad_multiple,
+                "stride": codec.stride,
+            },
+            "vision": self.module.vision.name,
+            "skip_blocks": self.module.skip_blocks,
+            "signature": {
+                k: v if isinstance(v, (int, float, str)) else str(v) for k, v in self.module.signature().items()
+            },
+            "mllm": None if self.reader is None else str(self.reader.model.config.name_or_path),
+            "limits": {"max_pixels": self.max_pixels, "authenticated": self.key is not None},
+            "device": str(self.device),
+            "versions": {
+                "latentbridge": latentbridge.__version__ if hasattr(latentbridge, "__version__") else "0.1.0",
+                "torch": torch.__version__,
+                "compressai": compressai.__version__,
+                "lightning": lightning.__version__,
+                "python": platform.python_version(),
+            },
+        }
