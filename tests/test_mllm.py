@@ -240,3 +240,27 @@ def test_paper2_pixel_path_codes_at_native_size_and_records_bytes_growing_with_t
     assert sizes[0] < sizes[1]
     with pytest.raises(Exception, match="rate: path=preedit needs the rate"):
         LatentBridgeLLaVA(reader=_reader(tiny_llava), run=str(tmp_path / "run"), path="preedit")
+
+
+def test_the_server_answers_a_prompt_about_a_bitstream_with_llava(tiny_llava, tiny_run):
+    """/v1/generate (issue: split inference as a service): bitstream + prompt in, LLaVA's answer out, equal to the
+    reader's answer on the neck features of the decoded latent; the bytes of the request come back with it."""
+    from fastapi.testclient import TestClient
+
+    from latentbridge import routes
+    from latentbridge.codecs import bitstream as B
+    from latentbridge.serve.app import create_app
+    from latentbridge.serve.service import Service
+
+    run_dir, _ = tiny_run
+    service = Service.load(run_dir, device="cpu").with_reader(_reader(tiny_llava))
+    data = B.encode_image(service.module.codec, torch.rand(1, 3, 32, 32), service.lmbda)
+    with TestClient(create_app(service)) as client:
+        response = client.post("/v1/generate", params={"prompt": "what is it?", "max_new_tokens": 3}, content=data)
+    assert response.status_code == 200, response.text
+    y_hat, _ = B.decode_latent(service.module.codec, data, service.lmbda)
+    with torch.no_grad():
+        features = routes.neck(service.parts["neck"], y_hat)
+    assert features.shape[-1] == tiny_llava.config.vision_config.hidden_size
+    expected = service.reader.answer(["what is it?"], features, max_new_tokens=3)[0]
+    assert response.json() == {"answer": expected, "bytes": len(data), "bpp": 8 * len(data) / 32**2}

@@ -72,25 +72,29 @@ class Service:
             raise ConfigError(f"run: {run_dir} has no transform-neck (serve a d1 / d2 / d3 run)")
         dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
         module.to(dev).eval()
-        reader = None
-        encoder = module.vision
+        service = cls(Path(run_dir), module, finished.lmbda, dev, int(max_pixels), key)
         if mllm:
-            from latentbridge.mllm.llava_reader import LlavaReader, LlavaTower
+            from latentbridge.mllm.llava_reader import LlavaReader
 
-            reader = LlavaReader.from_pretrained(mllm, dtype=mllm_dtype, device=str(dev))
+            return service.with_reader(LlavaReader.from_pretrained(mllm, dtype=mllm_dtype, device=str(dev)))
+        return service.with_reader(None)
+
+    def with_reader(self, reader: Any) -> Service:
+        """Serve the features the run's encoder gives, or (with an MLLM's ``LlavaReader``) its vision tower's:
+        what its projector consumes, and what ``generate`` answers from."""
+        module, encoder = self.module, self.module.vision
+        if reader is not None:
+            from latentbridge.mllm.llava_reader import LlavaTower
+
             if module.vision.width != reader.tower.config.hidden_size:
                 raise ConfigError("mllm: the run's neck was trained for another vision tower than this LLaVA's")
             encoder = LlavaTower(reader, module.vision.preprocess)
-        service = cls(Path(run_dir), module, finished.lmbda, dev, int(max_pixels), key, reader)
-        service.parts = {
-            "neck": SimpleNamespace(
-                codec=module.codec, encoder=encoder, neck=module.neck, post=None, skip_blocks=module.skip_blocks
-            ),  # fmt: skip
-            "reconstruction": SimpleNamespace(
-                codec=module.codec, encoder=encoder, neck=None, post=None, skip_blocks=0
-            ),  # fmt: skip
-        }
-        return service
+        self.reader = reader
+        neck = SimpleNamespace(codec=module.codec, encoder=encoder, neck=module.neck, post=None, skip_blocks=0)
+        neck.skip_blocks = module.skip_blocks
+        recon = SimpleNamespace(codec=module.codec, encoder=encoder, neck=None, post=None, skip_blocks=0)
+        self.parts = {"neck": neck, "reconstruction": recon}
+        return self
 
     def decode(self, data: bytes) -> Decoded:
         """Bytes -> y_hat on the service's device (hardened; ``BitstreamError`` on bad input)."""
