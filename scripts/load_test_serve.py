@@ -35,8 +35,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+CONTENT_TYPE = "application/octet-stream"
+
+
 def post(url: str, data: bytes, timeout: float = 60.0) -> tuple[int, bytes]:
-    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/octet-stream"})
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": CONTENT_TYPE})
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:
             return r.status, r.read()

@@ -5,11 +5,12 @@
     GET  /healthz                                -> {"status": "ok", "batches", "requests"}
     GET  /v1/info                                -> codec, rate point, signature, limits, versions
 
-Why FastAPI + uvicorn and not LitServe: LitServe hands a worker JSON or a form (``_prepare_request``), so a
-bitstream would travel base64-encoded, 4/3 of the bytes the codec spent, and through its worker queue; here the
-body is the bitstream as sent, decoding runs in a thread pool and only the model's forward is batched (README
-"Serving" has the measured figures). A bad request gets a 4xx with the decoder's one-line reason and never
-enters a batch; a request that takes longer than ``timeout_s`` gets a 504.
+Why FastAPI + uvicorn and not LitServe: LitServe hands its workers JSON or a form (``_prepare_request``), so a
+bitstream would travel base64-encoded in JSON (79 bytes for a 46-byte mini stream); it served 16% more requests/s
+in ``scripts/benchmark_serving_libraries.py`` (README "Serving"), but replicas add throughput, not the bytes a
+device must send. Here the body is the bitstream as sent, decoding runs in a thread pool and only the model's
+forward is batched. A bad request gets a 4xx with the decoder's one-line reason and never enters a batch; a
+request that takes longer than ``timeout_s`` gets a 504.
 """
 
 from __future__ import annotations
