@@ -21,8 +21,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from load_test_serve import free_port, hammer, streams  # noqa: E402
+from latentbridge.serve.loadtest import free_port, hammer, streams
 
 LITSERVE_APP = """
 import base64, sys
@@ -86,11 +85,8 @@ def main(argv: list[str] | None = None) -> int:
         server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             wait(health, server)
-            if name == "litserve":  # JSON in: the request needs its content type
-                import load_test_serve
-
-                load_test_serve.CONTENT_TYPE = "application/json"
-            r = hammer(url, bodies, [b""], args.clients, args.seconds, every=10**9)
+            kind = "application/json" if name == "litserve" else "application/octet-stream"
+            r = hammer(url, bodies, [b""], args.clients, args.seconds, every=10**9, content_type=kind)
             r["request_bytes"] = round(sum(map(len, bodies)) / len(bodies), 1)
             r["bitstream_bytes"] = round(sum(map(len, valid)) / len(valid), 1)
             report[name] = r

@@ -131,6 +131,7 @@ def test_bug4_every_key_named_in_an_error_message_applies_as_an_override(tmp_pat
         "reproduce": [],
         "reproduce+slurm": ["launcher=slurm"],
         "mllm_evaluate": [],
+        "serve": [],
     }
     unknown = dict(keys)
     with initialize_config_dir(str(CONF), version_base="1.3"):
