@@ -11,6 +11,9 @@ the reference run's is plain ``reconstruction``). Every run has a
 fixed directory ``<out_dir>/<run>/lambda<lambda>``: a rerun skips finished runs (results.json), resumes an
 interrupted one from its last.ckpt and reuses finished evaluations (evaluation.json), so nothing finished is lost.
 
+Each (run, rate point) is a training job and an evaluation job of the plan's job graph, the figures and findings a
+report job (``workflows/jobs.py``), run in this process or as SLURM jobs (``launcher=``, ``workflows/launch.py``).
+
 Paper 2's plans (``plan=mini_p2``) use the same machinery: a run with ``variable_rate: true`` is trained once into
 ``<out_dir>/<run>/vbr`` and evaluated at every ``plan.rates`` (``evaluation_lambda<lambda>.json``); a run with
 ``rates: fixed`` is one model per ``plan.fixed_rates``; ``plan.findings_module`` checks that paper's findings.
@@ -121,14 +124,6 @@ def train_one(cfg: DictConfig, run: str, lmbda: float | None, where: str = "") -
     train_run(compose(config_name="train", overrides=overrides))
 
 
-def train_all(cfg: DictConfig) -> list[tuple[str, float | None]]:
-    """Train every (run, rate point) of the plan in order, in this process."""
-    todo = trainings(cfg)
-    for i, (run, lmbda) in enumerate(todo, 1):
-        train_one(cfg, run, lmbda, where=f"[{i}/{len(todo)}] ")
-    return todo
-
-
 def evaluation_settings(cfg: DictConfig) -> tuple[DictConfig, dict[str, Any]]:
     """evaluate.py's settings for every run, and the key a cached evaluation must carry to be reused."""
     settings = OmegaConf.create({**OmegaConf.to_container(cfg.evaluate, resolve=True), "seed": cfg.seed})
@@ -202,16 +197,6 @@ def collect(
             if run == reference and not any(r["method"] == "uncompressed" for r in rows):
                 rows.append(ev.uncompressed_row(result))
     return rows, per_image, missing
-
-
-def evaluate_all(
-    cfg: DictConfig, todo: list[tuple[str, float | None]]
-) -> tuple[list[dict[str, Any]], dict[tuple[str, float], dict[str, Any]]]:
-    """Evaluate every trained (run, rate point) and the anchors in this process; curve rows and per-image columns."""
-    for run, trained_at in todo:
-        evaluate_one(cfg, run, trained_at)
-    rows, per_image, _ = collect(cfg, todo)
-    return rows + evaluate_anchors(cfg), per_image
 
 
 def evaluate_anchors(cfg: DictConfig, compute: bool = True) -> list[dict[str, Any]]:
