@@ -80,7 +80,6 @@ class ExactResume(Callback):
         self._flag = False
         self._previous: Any = None
         self._rng_to_restore: dict[str, Any] | None = None
-        self.preempted = False
 
     # -- state in the checkpoint ---------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -144,7 +143,6 @@ class ExactResume(Callback):
             return
         path = last_checkpoint_path(trainer)
         trainer.save_checkpoint(path)
-        self.preempted = True
         requeued = requeue() if trainer.is_global_zero else False
         raise Preempted(
             f"training was preempted at epoch {trainer.current_epoch}, step {trainer.global_step}: {path} written"

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from latentbridge import routes
-from latentbridge.codecs.bitstream import MAX_PIXELS, Bitstream, decode_latent
+from latentbridge.codecs.bitstream import MAX_PIXELS, Bitstream, bits_per_pixel_of, decode_latent
 from latentbridge.core.errors import ConfigError
 
 PATHS = ("neck", "reconstruction")
@@ -34,10 +34,7 @@ class Decoded:
     y_hat: Tensor
     header: Bitstream
     nbytes: int
-
-    @property
-    def bpp(self) -> float:
-        return 8.0 * self.nbytes / (self.header.height * self.header.width)
+    bpp: float
 
 
 @dataclass
@@ -99,7 +96,7 @@ class Service:
     def decode(self, data: bytes) -> Decoded:
         """Bytes -> y_hat on the service's device (hardened; ``BitstreamError`` on bad input)."""
         y_hat, header = decode_latent(self.module.codec, data, self.lmbda, self.max_pixels, self.key)
-        return Decoded(y_hat, header, len(data))
+        return Decoded(y_hat, header, len(data), bits_per_pixel_of(data, header.height, header.width))
 
     @torch.no_grad()
     def features(self, decoded: list[Decoded], path: str = "neck") -> list[Tensor]:
@@ -126,10 +123,10 @@ class Service:
 
     def info(self) -> dict[str, Any]:
         """What a client needs to know: codec, rate point, signature, limits, versions."""
+        from importlib.metadata import version
+
         import compressai
         import lightning
-
-        import latentbridge
 
         codec = self.module.codec
         return {
@@ -151,7 +148,7 @@ class Service:
             "limits": {"max_pixels": self.max_pixels, "authenticated": self.key is not None},
             "device": str(self.device),
             "versions": {
-                "latentbridge": latentbridge.__version__ if hasattr(latentbridge, "__version__") else "0.1.0",
+                "latentbridge": version("latentbridge"),
                 "torch": torch.__version__,
                 "compressai": compressai.__version__,
                 "lightning": lightning.__version__,

@@ -90,17 +90,23 @@ def finished(cfg: DictConfig, job: Job) -> bool:
     return False  # the report is rewritten whenever the plan runs
 
 
-def needed_assets(cfg: DictConfig) -> list[str]:
-    """Checkpoints with a ``prepare`` recipe (the mini teacher and codecs) that the plan's trainings use."""
+def training_configs(cfg: DictConfig) -> Iterator[DictConfig]:
+    """The composed train config of every (run, rate point) of the plan (inside ``hydra_context``)."""
     from hydra import compose
 
-    from latentbridge.runs import scenario_uses
     from latentbridge.workflows.reproduce import run_overrides, trainings
+
+    for run, lmbda in trainings(cfg):
+        yield compose(config_name="train", overrides=run_overrides(cfg, run, lmbda))
+
+
+def needed_assets(cfg: DictConfig) -> list[str]:
+    """Checkpoints with a ``prepare`` recipe (the mini teacher and codecs) that the plan's trainings use."""
+    from latentbridge.runs import scenario_uses
 
     found: list[str] = []
     with hydra_context():
-        for run, lmbda in trainings(cfg):
-            train_cfg = compose(config_name="train", overrides=run_overrides(cfg, run, lmbda))
+        for train_cfg in training_configs(cfg):
             for key in scenario_uses(train_cfg):
                 node = train_cfg[key]
                 if node.get("checkpoint") and node.get("prepare") and str(node.checkpoint) not in found:
@@ -222,10 +228,7 @@ def run_job(cfg: DictConfig, job: Job) -> Any:
 
 def prepare_assets(cfg: DictConfig) -> None:
     """Train and cache every missing mini teacher / codec the plan's trainings use, in this one process."""
-    from hydra import compose
-
-    from latentbridge.workflows.reproduce import run_overrides, trainings
     from latentbridge.workflows.train import prepare_dependencies
 
-    for run, lmbda in trainings(cfg):
-        prepare_dependencies(compose(config_name="train", overrides=run_overrides(cfg, run, lmbda)))
+    for train_cfg in training_configs(cfg):
+        prepare_dependencies(train_cfg)

@@ -280,19 +280,12 @@ def report(cfg: DictConfig) -> dict[str, Any]:
     jobs = JobRecords(out)
     records, launched = jobs.read(), jobs.launched or 0.0
     failed = []
-    for run, lmbda in missing:
-        for kind in ("train", "evaluate"):
-            rec = records.get(job_name(kind, run, lmbda), {})
-            if rec.get("state") not in (None, "COMPLETED") or kind == "evaluate":
-                failed.append(
-                    {
-                        "run": run,
-                        "lmbda": lmbda,
-                        "job": job_name(kind, run, lmbda),
-                        **{k: rec.get(k) for k in ("state", "error", "stdout", "stderr", "job_id")},
-                    }
-                )
-                break
+    for run, lmbda in missing:  # the training if it did not complete, else its evaluation
+        trained = records.get(job_name("train", run, lmbda), {}).get("state") in (None, "COMPLETED")
+        job = job_name("evaluate" if trained else "train", run, lmbda)
+        rec = records.get(job, {})
+        fields = {k: rec.get(k) for k in ("state", "error", "stdout", "stderr", "job_id")}
+        failed.append({"run": run, "lmbda": lmbda, "job": job, **fields})
     # this launch's jobs (finished work kept from earlier launches does not count)
     now = {n: r for n, r in records.items() if (r.get("started") or 0.0) >= launched}
     spans = [(r["started"], r.get("ended") or time.time()) for r in now.values()]
