@@ -112,6 +112,7 @@ class BridgeModule(NetAuxOptimization):
         self.test_results: dict[str, Any] | None = None
         self.skipped_images = 0
         self.strict_loading = False  # frozen parts are rebuilt from their own source, not stored in checkpoints
+        self.train(self.training)  # frozen parts in eval mode from the start (a codec is built in train mode)
 
     # -- structure ----------------------------------------------------------------------------------------
     @property
@@ -145,6 +146,7 @@ class BridgeModule(NetAuxOptimization):
         }
 
     def train(self, mode: bool = True) -> BridgeModule:
+        """Trained parts in ``mode``, frozen parts (and d3's g_s) always in eval mode."""
         super().train(mode)
         for name, child in self.named_children():
             if name not in self.trainable:
@@ -152,6 +154,13 @@ class BridgeModule(NetAuxOptimization):
         if self.freeze_decoder:
             self.codec.get_submodule(self.codec.decoder).eval()
         return self
+
+    def on_train_epoch_start(self) -> None:
+        """Frozen means eval, in every ``fit``: Lightning >= 2.2 never calls ``train()`` when fit starts (PR #18951;
+        it only restores each submodule's mode after validation), so the modes are set here, where the fit loop
+        always passes (resumed runs included). A frozen codec in train mode would hand the neck noisy, uncoded
+        latents."""
+        self.train()
 
     def configure_model(self) -> None:
         """``scenario.compile``: torch.compile the trained networks other than the codec (the transform-neck, the
