@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from datamodules.sampler import train_loader
 from datamodules.transforms import codec_transform, teacher_transform
+from latentbridge.core.images import UNREADABLE
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ class _Transformed(Dataset):
         try:
             img, label = self.base.load(index)
             img.load()
-        except (OSError, ValueError, SyntaxError) as e:  # PIL raises these for truncated / corrupt files
+        except UNREADABLE as e:  # truncated / corrupt files, decompression bombs
             log.warning("skipping unreadable image %s: %s", self.base.describe(index), e)
             return None
         return {"image": self.codec_tf(img), "teacher_image": self.teacher_tf(img), "label": label, "index": index}

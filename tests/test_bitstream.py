@@ -8,10 +8,12 @@ import numpy as np
 import pytest
 import torch
 from helpers.config import ROOT
+from helpers.images import png_claiming
 from PIL import Image
 
 from latentbridge.codecs.adapter import build_codec, codec_checkpoint
 from latentbridge.codecs.bitstream import (
+    MAX_PIXELS,
     Bitstream,
     BitstreamError,
     bits_per_pixel_of,
@@ -169,6 +171,27 @@ def test_cli_encodes_and_decodes_awkward_images_and_refuses_bad_files(tmp_path):
     assert res.returncode == 2 and res.stderr.strip().splitlines()[-1].startswith(
         f"error: codec checkpoint: {imgs / 'rgba.png'} is not a readable checkpoint"
     )
+
+
+def test_the_encoder_refuses_images_over_max_pixels_and_decompression_bombs_in_one_line(tmp_path):
+    """A real 10000 x 10000 PNG (about 100 KB on disk) ended in an allocation failure inside g_a, a 20000 x 20000 one
+    in Pillow's DecompressionBombError traceback: both are one line naming the file, from the header alone."""
+    ckpt = tmp_path / "codec.pt"
+    torch.save(codec_checkpoint(_codec("mini"), lmbda=0.01), ckpt)
+    big = tmp_path / "big.png"
+    Image.new("1", (10000, 10000)).save(big)
+    res = _cli("encode", "--codec", ckpt, big, "-o", tmp_path / "bits")
+    assert res.returncode == 2 and res.stderr.strip() == (
+        f"error: {big}: 10000x10000 is 100000000 pixels, more than max_pixels={MAX_PIXELS}"
+    )
+    res = _cli("encode", "--codec", ckpt, big, "-o", tmp_path / "bits", "--max-pixels", "1000")
+    assert res.returncode == 2 and "more than max_pixels=1000" in res.stderr
+    bomb = tmp_path / "bomb.png"
+    png_claiming(bomb, 20000, 20000)
+    res = _cli("encode", "--codec", ckpt, bomb, "-o", tmp_path / "bits")
+    assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1
+    assert res.stderr.startswith(f"error: {bomb}: refused by Pillow as a decompression bomb")
+    assert not (tmp_path / "bits").exists()
 
 
 @pytest.mark.parametrize("name", sorted(SMALL))

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 from helpers.config import FMNIST, needs_fmnist
+from helpers.images import png_claiming
 from PIL import Image
 
 from datamodules import FashionMNISTDataModule, ImageFolderDataModule, ImageNetDataModule, SyntheticDataModule
@@ -76,6 +77,7 @@ def _folder(tmp_path):
     full = (root / "val/dog/rgba.png").read_bytes()
     (root / "val/dog/truncated.png").write_bytes(full[: len(full) // 2])
     (root / "val/dog/notes.txt").write_text("not an image")
+    png_claiming(root / "val/dog/bomb.png", 20000, 20000)  # Pillow's decompression bomb: skipped and counted
     Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(root / "train/dog/a.jpg")
     return root
 
@@ -84,13 +86,13 @@ def test_image_folder_converts_grey_rgba_16bit_and_skips_unreadable_with_a_count
     root = _folder(tmp_path)
     dm = ImageFolderDataModule(root=str(root), **{**KW, "batch_size": 8})
     assert dm.classnames == ["cat", "dog"]
-    assert len(dm.split("val")) == 5  # notes.txt is not an image file
+    assert len(dm.split("val")) == 6  # notes.txt is not an image file
     with caplog.at_level("WARNING"):
         batch = next(iter(dm.val_dataloader()))
-    assert batch["num_skipped"] == 1
+    assert batch["num_skipped"] == 2
     assert batch["image"].shape == (4, 3, 64, 64)
     assert batch["label"].tolist() == [0, 0, 1, 1]
-    assert "truncated.png" in caplog.text
+    assert "truncated.png" in caplog.text and "bomb.png" in caplog.text
 
 
 def test_all_unreadable_batch_carries_only_the_count():

@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--key-file", type=Path, help="a shared key: encode signs (HMAC-SHA256), decode checks")
     parser.add_argument("--send", metavar="URL", help="encode: POST each bitstream to a latentbridge-serve server")
     parser.add_argument("--prompt", help="with --send: ask the server's MLLM this (/v1/generate)")
-    parser.add_argument("--max-pixels", type=int, default=MAX_PIXELS, help="decode: refuse larger images")
+    parser.add_argument("--max-pixels", type=int, default=MAX_PIXELS, help="refuse larger images (encode and decode)")
     args = parser.parse_args(argv)
     try:
         key = read_key(args.key_file)
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         rate, edit = encode_settings(args, codec, lmbda)
         for path in args.inputs:
             if args.command == "encode":
-                x = read_image(path)
+                x = read_image(path, args.max_pixels)
                 with torch.no_grad():
                     data = encode_image(codec, edit(x), rate, key=key)
                 out = args.output_dir / f"{path.stem}.lbr"
