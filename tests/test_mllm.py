@@ -255,9 +255,17 @@ def test_the_server_answers_a_prompt_about_a_bitstream_with_llava(tiny_llava, ti
     run_dir, _ = tiny_run
     service = Service.load(run_dir, device="cpu").with_reader(_reader(tiny_llava))
     data = B.encode_image(service.module.codec, torch.rand(1, 3, 32, 32), service.lmbda)
-    with TestClient(create_app(service)) as client:
+    with TestClient(create_app(service, max_new_tokens_limit=8, max_prompt_chars=20)) as client:
         response = client.post("/v1/generate", params={"prompt": "what is it?", "max_new_tokens": 3}, content=data)
+        too_many = client.post("/v1/generate", params={"prompt": "what?", "max_new_tokens": 9}, content=data)
+        too_long = client.post("/v1/generate", params={"prompt": "x" * 21, "max_new_tokens": 3}, content=data)
     assert response.status_code == 200, response.text
+    assert too_many.status_code == 400 and too_many.json() == {
+        "error": "max_new_tokens must be in [1, 8] (max_new_tokens_limit)"
+    }
+    assert too_long.status_code == 400 and too_long.json() == {
+        "error": "prompt of 21 characters, over max_prompt_chars=20"
+    }
     y_hat, _ = B.decode_latent(service.module.codec, data, service.lmbda)
     with torch.no_grad():
         features = routes.neck(service.parts["neck"], y_hat)

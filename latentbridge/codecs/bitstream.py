@@ -31,6 +31,7 @@ import json
 import math
 import struct
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -301,11 +302,15 @@ def decode_latent(
     lmbda: float | None = None,
     max_pixels: int = MAX_PIXELS,
     key: bytes | None = None,
+    accept: Callable[[Bitstream], None] | None = None,
 ) -> tuple[Tensor, Bitstream]:
     """Bytes -> y_hat (of the padded image) without any pixels: the neck path's input. A variable-rate stream
     carries its gain: ``lmbda`` is for fixed-rate codecs only. Safe on hostile bytes: a ``BitstreamError`` (one
-    line) or a latent, never a crash (``parse_for``, ``guarded``)."""
+    line) or a latent, never a crash (``parse_for``, ``guarded``). ``accept`` sees the checked header before any
+    entropy decoding and raises ``BitstreamError`` for one the caller cannot use (e.g. a size its neck cannot take)."""
     bs = parse_for(codec, data, lmbda, max_pixels, key)
+    if accept is not None:
+        accept(bs)
     m = codec.pad_multiple
     shape = codec.coded_shape(bs.height + (-bs.height) % m, bs.width + (-bs.width) % m)
     gain = bs.lmbda if codec.variable_rate else None

@@ -30,6 +30,13 @@ def serve(cfg: DictConfig) -> None:
         max_wait_ms=float(cfg.max_wait_ms),
         timeout_s=float(cfg.timeout_s),
         decode_threads=int(cfg.decode_threads),
+        max_queue=int(cfg.max_queue),
+        max_per_client=int(cfg.max_per_client),
+        retry_after_s=float(cfg.retry_after_s),
+        max_new_tokens_limit=int(cfg.max_new_tokens_limit),
+        max_prompt_chars=int(cfg.max_prompt_chars),
+        refusal_delay_s=float(cfg.refusal_delay_s),
+        decode_workers=int(cfg.decode_workers),
     )
     info: dict[str, Any] = service.info()
     print(

@@ -3,7 +3,10 @@
 A ``Service`` holds one finished run (``open_run``: codec, transform-neck, encoder from block k) on a device:
 
 - ``decode``: bytes -> y_hat through the hardened decoder (``codecs/bitstream.py``: a one-line ``BitstreamError``
-  for anything that is not this codec's stream, never a crash), at most ``max_pixels``, optionally authenticated;
+  for anything that is not this codec's stream, never a crash), optionally authenticated, and only for an image the
+  path can take (``accepts``): the transform-neck was trained for one latent grid, so the neck path takes exactly
+  the run's image size, checked on the header before any entropy decoding; the pixel path takes any size up to
+  ``max_pixels``;
 - ``features``: y_hats -> what the MLLM's projector consumes, by ``routes``: ``neck`` (C'(T(y_hat)), the method) or
   ``reconstruction`` (C(g_s(y_hat)), the baseline served the same way), batched over requests of one image size;
 - ``generate``: with an MLLM (LLaVA-1.5 through ``mllm/llava_reader.py``), prompt + features -> answer text.
@@ -21,10 +24,33 @@ import torch
 from torch import Tensor
 
 from latentbridge import routes
-from latentbridge.codecs.bitstream import MAX_PIXELS, Bitstream, bits_per_pixel_of, decode_latent
+from latentbridge.codecs.bitstream import MAX_PIXELS, Bitstream, BitstreamError, bits_per_pixel_of, decode_latent
 from latentbridge.core.errors import ConfigError
 
 PATHS = ("neck", "reconstruction")
+
+
+@dataclass(frozen=True)
+class Accepts:
+    """The images a path can take: exactly ``size`` (H, W) for a fixed-grid neck, else any size up to
+    ``max_pixels`` (the pixel path resizes to its encoder's input)."""
+
+    max_pixels: int
+    size: tuple[int, int] | None = None
+    reason: str = ""
+
+    def check(self, header: Bitstream) -> None:
+        """Refuse a header this path cannot take (before the stream is entropy decoded)."""
+        if self.size is not None and (header.height, header.width) != self.size:
+            raise BitstreamError(
+                f"bitstream is a {header.height}x{header.width} image; this run's {self.reason} takes exactly "
+                f"{self.size[0]}x{self.size[1]} images"
+            )
+
+    def as_dict(self) -> dict[str, Any]:
+        if self.size is not None:
+            return {"height": self.size[0], "width": self.size[1]}
+        return {"max_pixels": self.max_pixels}
 
 
 @dataclass
@@ -49,6 +75,7 @@ class Service:
     key: bytes | None = None
     reader: Any = None
     parts: dict[str, Any] = field(default_factory=dict)
+    accepts: dict[str, Accepts] = field(default_factory=dict)
 
     @classmethod
     def load(
@@ -70,6 +97,9 @@ class Service:
         dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
         module.to(dev).eval()
         service = cls(Path(run_dir), module, finished.lmbda, dev, int(max_pixels), key)
+        grid, size = module.neck.grid_size, (finished.image_size, finished.image_size)  # grid = size / stride
+        neck = f"transform-neck ({grid[0]}x{grid[1]} latent grid)"
+        service.accepts = {"neck": Accepts(int(max_pixels), size, neck), "reconstruction": Accepts(int(max_pixels))}
         if mllm:
             from latentbridge.mllm.llava_reader import LlavaReader
 
@@ -93,9 +123,11 @@ class Service:
         self.parts = {"neck": neck, "reconstruction": recon}
         return self
 
-    def decode(self, data: bytes) -> Decoded:
-        """Bytes -> y_hat on the service's device (hardened; ``BitstreamError`` on bad input)."""
-        y_hat, header = decode_latent(self.module.codec, data, self.lmbda, self.max_pixels, self.key)
+    def decode(self, data: bytes, path: str = "neck") -> Decoded:
+        """Bytes -> y_hat for ``path`` (hardened; ``BitstreamError`` on bad input, and for a header that ``path``
+        cannot take, before entropy decoding)."""
+        accepts = self.accepts.get(path) or Accepts(self.max_pixels)
+        y_hat, header = decode_latent(self.module.codec, data, self.lmbda, self.max_pixels, self.key, accepts.check)
         return Decoded(y_hat, header, len(data), bits_per_pixel_of(data, header.height, header.width))
 
     @torch.no_grad()
@@ -145,6 +177,7 @@ class Service:
                 k: v if isinstance(v, (int, float, str)) else str(v) for k, v in self.module.signature().items()
             },
             "mllm": None if self.reader is None else str(self.reader.model.config.name_or_path),
+            "accepts": {path: a.as_dict() for path, a in self.accepts.items()},
             "limits": {"max_pixels": self.max_pixels, "authenticated": self.key is not None},
             "device": str(self.device),
             "versions": {
