@@ -143,6 +143,7 @@ class BridgeModule(NetAuxOptimization):
             "vision_width": self.vision.width,
             "grid": list(self.grid),
             "skip_blocks": self.skip_blocks,
+            **({"vision_pipeline": self.vision.pipeline} if self.vision.pipeline != "clip" else {}),
         }
 
     def train(self, mode: bool = True) -> BridgeModule:

@@ -19,7 +19,7 @@ def test_every_experiment_composes(experiment, tmp_path):
 def test_paper_d1_matches_the_paper(tmp_path):
     with hydra_cfg(["experiment=paper_d1"], tmp_path) as cfg:
         assert cfg.codec.name.startswith("elic2022") and cfg.codec.arch.M == 320 and cfg.codec.arch.N == 192
-        assert cfg.vision.model_name == "ViT-L-14" and cfg.vision.pretrained == "openai"
+        assert cfg.vision.model_name == "ViT-L-14-quickgelu" and cfg.vision.pretrained == "openai"
         assert cfg.data.image_size == 256 and cfg.data.batch_size == 32
         assert (cfg.loss.e1, cfg.loss.e2, cfg.loss.beta / cfg.loss.alpha) == (20, 40, 100)
         assert cfg.loss.similarity == "cosine"
@@ -40,7 +40,11 @@ def test_paper_phase2_and_post_processing_match_the_paper(tmp_path):
             assert cfg.scenario._target_ == f"lightning_modules.{scenario}.{scenario.upper()}Module"
             assert cfg.loss._target_ == "latentbridge.losses.joint.JointLoss" and cfg.loss.gamma == gamma
             assert cfg.loss.delta * 60 == 65025.0 and cfg.loss.lmbda == cfg.codec.lmbda  # gamma:delta = 60:1
-            assert cfg.codec.arch.M == 320 and cfg.vision.model_name == "ViT-L-14" and cfg.scenario.skip_blocks == 2
+            assert (
+                cfg.codec.arch.M == 320
+                and cfg.vision.model_name == "ViT-L-14-quickgelu"
+                and cfg.scenario.skip_blocks == 2
+            )
     from omegaconf import OmegaConf
 
     composed = []

@@ -508,7 +508,8 @@ def _adapter(
 
 
 def load_codec_weights(adapter: CodecAdapter, path: str | Path) -> None:
-    """Load a codec checkpoint: ours, a Lightning phase-0 checkpoint, or a plain compressai state dict."""
+    """Load a codec checkpoint: ours, a Lightning phase-0 checkpoint, a plain compressai state dict, or the reference
+    ELIC of paper 1 (Chandelier's checkpoints, a released d1/d2/d3 file's ``state_dict``: ``codecs/published.py``)."""
     path = Path(path)
     obj = read_checkpoint(path, "codec.checkpoint")
     if isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT:
@@ -530,6 +531,19 @@ def load_codec_weights(adapter: CodecAdapter, path: str | Path) -> None:
         state = obj
     else:
         raise CheckpointError(f"codec.checkpoint: {path} holds a {type(obj).__name__}, not a state dict")
+    from latentbridge.codecs import published
+
+    if published.is_reference_elic(
+        state
+    ):  # Chandelier's ELIC / the ELIC of a released d1-d3 file (codecs/published.py)
+        if adapter.name != "elic2022-chandelier":
+            raise CheckpointError(
+                f"codec.checkpoint: {path} holds the reference ELIC (VincentChandelier/ELiC-ReImplemetation layout); "
+                f"it loads into codec=elic (elic2022-chandelier), not '{adapter.name}'"
+            )
+        mapped = published.elic_state(state, adapter.model, f"codec.checkpoint: {path}")
+        nn.Module.load_state_dict(adapter.model, mapped, strict=False)  # every parameter checked; tables derived
+        return
     for prefix in ("codec.model.", "model."):  # Lightning module / adapter prefixes
         if any(k.startswith(prefix) for k in state):
             state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}

@@ -59,8 +59,12 @@ class HFVisionEncoder(VisionEncoder):
         return tokens
 
     def pool(self, tokens: Tensor) -> Tensor:
-        """post_layernorm on the class token, then visual_projection (CLIPModel.get_image_features)."""
-        return self.clip.visual_projection(self.visual.post_layernorm(tokens[:, 0]))
+        """post_layernorm on the class token, then visual_projection (CLIPModel.get_image_features); the ``reference``
+        pipeline applies post_layernorm twice (paper 1's reference code)."""
+        pooled = self.visual.post_layernorm(tokens[:, 0])
+        if self.pipeline == "reference":
+            pooled = self.visual.post_layernorm(pooled)
+        return self.clip.visual_projection(pooled)
 
     # -- text side ----------------------------------------------------------------------------------------
     def encode_text(self, texts: Sequence[str]) -> Tensor:
@@ -84,6 +88,7 @@ def build_hf_vision_encoder(
     config: dict[str, Any] | None = None,
     mean: Sequence[float] = OPENAI_DATASET_MEAN,
     std: Sequence[float] = OPENAI_DATASET_STD,
+    pipeline: str = "clip",
     **_: Any,
 ) -> HFVisionEncoder:
     """A Hugging Face CLIP by hub id or local directory (``model_name``), or random weights from ``config`` (a
@@ -104,7 +109,7 @@ def build_hf_vision_encoder(
                 f"{msg[:200]}); offline? point it at a local directory"
             ) from None
     clip.eval()
-    return HFVisionEncoder(clip, hf_tokenizer(clip), image_size, mean, std, name=model_name)
+    return HFVisionEncoder(clip, hf_tokenizer(clip), image_size, mean, std, name=model_name, pipeline=pipeline)
 
 
 def hf_tokenizer(clip: Any) -> Any:

@@ -2,8 +2,10 @@
 
 ``embed`` (patch embedding, class token, positional embedding, ln_pre) -> ``run_blocks(start, stop)`` ->
 ``pool`` (ln_post on the class token, then the projection). C(x) = pool(run_blocks(embed(x))) and the partial
-encoder C'(tokens) = pool(run_blocks(tokens, start=k)). ln_post is applied once (the reference code applies it
-twice; we follow CLIP's own forward so C and C' share one definition of the output feature).
+encoder C'(tokens) = pool(run_blocks(tokens, start=k)). ``pipeline="clip"`` (ours): CLIP's own forward (ln_post
+once, so C and C' share one definition of the output feature) after CLIP's preprocessing (bicubic resize clipped to
+the image range, as CLIP's 8-bit pipeline is); ``pipeline="reference"``: paper 1's reference code exactly (its
+``CLIP_modify`` applies ln_post twice; it resizes float tensors without clipping), for runs that must reproduce it.
 The text side builds the class text embeddings of the cross-entropy term (Eq. 2).
 """
 
@@ -24,6 +26,7 @@ from latentbridge.core.digest import state_digest
 from latentbridge.core.errors import CheckpointError, ConfigError
 
 TEACHER_FORMAT = "latentbridge-clip/1"
+PIPELINES = ("clip", "reference")
 _CLASS_EMBEDDINGS: dict[tuple, Tensor] = {}  # class_embeddings of frozen text towers, per process
 
 
@@ -49,12 +52,16 @@ class VisionEncoder(nn.Module):
         mean: Sequence[float] = OPENAI_DATASET_MEAN,
         std: Sequence[float] = OPENAI_DATASET_STD,
         name: str = "clip",
+        pipeline: str = "clip",
     ) -> None:
         super().__init__()
+        if pipeline not in PIPELINES:
+            raise ConfigError(f"vision.pipeline: '{pipeline}' is not one of {', '.join(PIPELINES)}")
         self.clip = clip
         self.tokenizer = tokenizer
         self.image_size = int(image_size)
         self.name = name
+        self.pipeline = pipeline
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
         self.check()
@@ -94,7 +101,9 @@ class VisionEncoder(nn.Module):
             x = F.interpolate(x, size=(round(h * s), round(w * s)), mode="bicubic", antialias=True, align_corners=False)
             top, left = (x.shape[-2] - self.image_size) // 2, (x.shape[-1] - self.image_size) // 2
             x = x[..., top : top + self.image_size, left : left + self.image_size]
-        return (x.clamp(0, 1) - self.mean) / self.std
+        if self.pipeline == "clip":
+            x = x.clamp(0, 1)
+        return (x - self.mean) / self.std
 
     def embed(self, images: Tensor) -> Tensor:
         """Normalized images -> tokens entering block 0: conv1, class token, positional embedding, ln_pre."""
@@ -107,7 +116,9 @@ class VisionEncoder(nn.Module):
         return tokens
 
     def pool(self, tokens: Tensor) -> Tensor:
-        """ln_post on the class token, then the projection: the embedding C outputs."""
+        """ln_post on the class token, then the projection: the embedding C outputs (``reference``: ln_post twice)."""
+        if self.pipeline == "reference":
+            return self.visual.ln_post(self.visual.ln_post(tokens[:, 0])) @ self.visual.proj
         pooled, _ = self.visual._pool(tokens)
         return pooled @ self.visual.proj
 
@@ -161,10 +172,13 @@ def build_vision_encoder(
     checkpoint: str | None = None,
     mean: Sequence[float] = OPENAI_DATASET_MEAN,
     std: Sequence[float] = OPENAI_DATASET_STD,
+    pipeline: str = "clip",
     **_: Any,
 ) -> VisionEncoder:
     """open_clip model by name (``pretrained``: an open_clip tag such as ``openai``, or a local file), or a custom
-    architecture ``arch`` (``open_clip.CLIP(**arch)``; the mini teacher) loaded from ``checkpoint``."""
+    architecture ``arch`` (``open_clip.CLIP(**arch)``; the mini teacher) loaded from ``checkpoint``. A model whose
+    activation is not the one its pretrained tag was trained with is refused (OpenAI's weights need QuickGELU:
+    ``ViT-L-14-quickgelu``; open_clip itself only warns)."""
     if arch is not None:
         arch = to_plain(arch)
         clip = open_clip.CLIP(**arch)
@@ -176,6 +190,7 @@ def build_vision_encoder(
             raise ConfigError(
                 f"vision.model_name: unknown open_clip model '{model_name}' (e.g. ViT-L-14, ViT-L-14-336, ViT-B-16)"
             )
+        check_activation(model_name, pretrained)
         try:
             clip = open_clip.create_model(model_name, pretrained=pretrained or None)
         except Exception as e:
@@ -186,7 +201,25 @@ def build_vision_encoder(
             ) from None
         tokenizer = open_clip.get_tokenizer(model_name)
     clip.eval()
-    return VisionEncoder(clip, tokenizer, image_size, mean, std, name=model_name)
+    return VisionEncoder(clip, tokenizer, image_size, mean, std, name=model_name, pipeline=pipeline)
+
+
+def check_activation(model_name: str, pretrained: str | None) -> None:
+    """The model config's activation must be the one the pretrained tag's weights were trained with."""
+    if not pretrained or Path(pretrained).is_file():
+        return
+    tag_cfg = open_clip.get_pretrained_cfg(model_name, pretrained)
+    if not tag_cfg:
+        return  # unknown tag: open_clip refuses it with its own message
+    wants = bool(tag_cfg.get("quick_gelu", False))
+    has = bool((open_clip.get_model_config(model_name) or {}).get("quick_gelu", False))
+    if wants != has:
+        act = ("QuickGELU", "nn.GELU")
+        other = f"{model_name}-quickgelu" if wants else model_name.removesuffix("-quickgelu")
+        raise ConfigError(
+            f"vision.model_name: '{model_name}' builds {act[not has]}, but the '{pretrained}' weights were trained "
+            f"with {act[not wants]}; use vision.model_name={other}"
+        )
 
 
 def to_plain(obj: Any) -> Any:
