@@ -134,17 +134,8 @@ class BridgeModule(NetAuxOptimization):
 
     def signature(self) -> dict[str, Any]:
         """What a checkpoint of this module is only valid for."""
-        return {
-            "scenario": type(self).__name__,
-            "codec": self.codec.name,
-            "codec_arch": dict(self.codec.arch),
-            "codec_lmbda": self.codec.lmbda,
-            "vision": self.vision.name,
-            "vision_width": self.vision.width,
-            "grid": list(self.grid),
-            "skip_blocks": self.skip_blocks,
-            **({"vision_pipeline": self.vision.pipeline} if self.vision.pipeline != "clip" else {}),
-        }
+        return scenario_signature(type(self).__name__, self.codec, self.vision.name, self.vision.width, self.grid,
+                                  self.skip_blocks, self.vision.pipeline)  # fmt: skip
 
     def train(self, mode: bool = True) -> BridgeModule:
         """Trained parts in ``mode``, frozen parts (and d3's g_s) always in eval mode."""
@@ -422,3 +413,20 @@ class BridgeModule(NetAuxOptimization):
         if not neck or self.neck is None:
             raise CheckpointError(f"scenario.init_from: {ckpt} holds no transform-neck (phase 1 trains one: d1)")
         self.neck.load_state_dict(neck)
+
+
+def scenario_signature(
+    scenario: str, codec: CodecAdapter, vision: str, width: int, grid: Sequence[int], skip_blocks: int, pipeline: str
+) -> dict[str, Any]:
+    """The signature of a scenario checkpoint (also written by imports of released runs without building one)."""
+    return {
+        "scenario": scenario,
+        "codec": codec.name,
+        "codec_arch": dict(codec.arch),
+        "codec_lmbda": codec.lmbda,
+        "vision": vision,
+        "vision_width": int(width),
+        "grid": list(grid),
+        "skip_blocks": int(skip_blocks),
+        **({"vision_pipeline": pipeline} if pipeline != "clip" else {}),
+    }

@@ -71,3 +71,18 @@ def test_every_paper_preset_runs_one_step_at_its_real_size(experiment, tmp_path)
     elif experiment not in ("paper_codec", "paper_codec_vbr"):
         extra.append("vision.pretrained=null")
     _one_step(experiment, tmp_path, *extra)
+
+
+@pytest.mark.slow
+def test_paper_d1_trains_a_step_on_the_published_elic_in_its_authors_format(tmp_path):
+    """The README recipe: ``experiment=paper_d1 codec.checkpoint=<Chandelier's ELIC>`` (here a file in that exact
+    format with seeded random weights)."""
+    from helpers.released import write_release
+
+    from latentbridge.core.config import hydra_quote
+
+    paths = write_release(tmp_path / "release", qualities=(1,), scenarios=())
+    extra = [f"codec.checkpoint={hydra_quote(paths['elic1'])}", "codec.lmbda=0.004", "vision.pretrained=null",
+             "trainer=cpu", "data.batch_size=1", "data.eval_batch_size=1", "data.image_size=256",
+             "data.raw_size=256"]  # fmt: skip
+    _one_step("paper_d1", tmp_path, *extra)

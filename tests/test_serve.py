@@ -105,6 +105,7 @@ def test_hostile_and_oversized_requests_get_one_line_4xx_answers_and_the_server_
     assert set(info["versions"]) >= {"torch", "compressai", "latentbridge"}
 
 
+@pytest.mark.slow
 def test_the_load_test_against_a_real_server_process_under_each_attack(run_dir, tmp_path):
     """The load and fault test (scripts/load_test_serve.py) against ``latentbridge-serve`` in its own process: the
     well-behaved client's figures alone and under each attack, the throughput figures; every attack refused or

@@ -190,7 +190,9 @@ def check_findings(cfg: DictConfig, rows_list: list[dict[str, Any]], per_image: 
     out.append(
         _finding(
             "vi",
-            f"{' / '.join(f.skip_near.values())} beat {' / '.join(f.skip_far.values())} (skipped encoder blocks)",
+            f"{' / '.join(f.skip_near.values())} beat {' / '.join(f.skip_far.values())} (skipped encoder blocks)"
+            if f.skip_near and f.skip_far
+            else "skipping few encoder blocks beats skipping many",
             [
                 _cmp(rows, near, far, lm, "top1", lambda a, b: a > b)
                 for near in f.skip_near

@@ -62,18 +62,33 @@ def eval_rates_of(cfg: DictConfig, spec: DictConfig, lmbda: float | None) -> lis
     return list(cfg.plan.rates) if lmbda is None else [lmbda]
 
 
-def run_overrides(cfg: DictConfig, run: str, lmbda: float | None) -> list[str]:
-    """The train.py overrides of one (run, rate point)."""
-    spec = cfg.plan.runs[run]
-    out = run_dir(cfg, run, lmbda)
+def placeholders(cfg: DictConfig, lmbda: float | None) -> dict[str, Any]:
+    """What ``{...}`` in a plan's overrides may name: ``plan.vars``, ``lmbda`` and, at a rate point of paper 1's
+    released files, its index ``quality`` (1-4)."""
+    from latentbridge.codecs.published import RELEASED_LAMBDAS
+
     fields = {**(cfg.plan.get("vars") or {}), **({} if lmbda is None else {"lmbda": lmbda})}
+    quality = {v: k for k, v in RELEASED_LAMBDAS.items()}.get(lmbda)
+    return fields | ({"quality": quality} if quality is not None else {})
+
+
+def plan_overrides(cfg: DictConfig, run: str, lmbda: float | None) -> list[str]:
+    """The plan's own overrides of one (run, rate point): ``common``, ``extra`` and the run's, filled in."""
+    spec, fields = cfg.plan.runs[run], placeholders(cfg, lmbda)
     try:
         given = [*cfg.plan.common, *(cfg.plan.get("extra") or []), *(spec.get("overrides") or [])]
-        listed = [str(o).format(**fields) for o in given]
+        return [str(o).format(**fields) for o in given]
     except KeyError as e:
         raise ConfigError(
             f"plan.runs.{run}.overrides: unknown placeholder {e} (plan.vars has {list(fields)})"
         ) from None
+
+
+def run_overrides(cfg: DictConfig, run: str, lmbda: float | None) -> list[str]:
+    """The train.py overrides of one (run, rate point)."""
+    spec = cfg.plan.runs[run]
+    out = run_dir(cfg, run, lmbda)
+    listed = plan_overrides(cfg, run, lmbda)
     overrides = [
         f"experiment={spec.experiment}",
         *([] if lmbda is None else [f"{spec.get('rate_key') or 'codec.lmbda'}={lmbda}"]),
@@ -117,6 +132,17 @@ def train_one(cfg: DictConfig, run: str, lmbda: float | None, where: str = "") -
     out = run_dir(cfg, run, lmbda)
     if (out / "results.json").is_file():
         log.info("%s%s lambda=%s: finished, kept (%s)", where, run, lmbda, out)
+        return
+    spec = cfg.plan.runs[run]
+    if spec.get("released"):  # paper 1's released model: imported, not trained (plan=released)
+        from latentbridge.workflows.import_released import import_nycu
+
+        try:
+            path = str(spec.released).format(**placeholders(cfg, lmbda))
+        except KeyError as e:
+            raise ConfigError(f"plan.runs.{run}.released: unknown placeholder {e}") from None
+        log.info("%s%s lambda=%s: importing %s", where, run, lmbda, path)
+        import_nycu(path, out, overrides=plan_overrides(cfg, run, lmbda))
         return
     overrides = run_overrides(cfg, run, lmbda)
     resumed = any(o.startswith("ckpt_path=") for o in overrides)
