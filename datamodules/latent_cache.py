@@ -35,7 +35,6 @@ from typing import Any
 
 import lightning as L
 import torch
-from filelock import FileLock
 from lightning.fabric.utilities.apply_func import move_data_to_device
 from torch.utils.data import DataLoader, Subset
 
@@ -44,6 +43,7 @@ from datamodules.sampler import train_loader
 from latentbridge.core.atomic_io import atomic_write_json
 from latentbridge.core.digest import json_digest
 from latentbridge.core.errors import ConfigError, DataError
+from latentbridge.core.lease_lock import LeaseLock
 
 log = logging.getLogger("latentbridge")
 
@@ -303,7 +303,7 @@ class LatentCacheDataModule(L.LightningDataModule):
             if cache.complete:
                 cache.check()
                 continue
-            with FileLock(f"{cache.dir}.lock"):  # parallel jobs of a plan / nodes on shared storage: one builds
+            with LeaseLock(f"{cache.dir}.lock"):  # parallel jobs of a plan / nodes on shared storage: one builds
                 if cache.complete:
                     cache.check()
                     continue

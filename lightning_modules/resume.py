@@ -10,10 +10,14 @@ What a resumed process must reproduce, and how:
 - optimizer, schedulers, loop counters: Lightning's checkpoint;
 - the wandb run: its id travels in the checkpoint (``wandb_run_id``), so the dashboard continues one run.
 
-Preemption: SLURM sends a warning signal before it stops a job (submitit asks for ``SIGUSR2``, 90 s ahead). The
-handler only sets a flag; at the next batch end the ranks agree, ``last.ckpt`` is written (a mid-epoch checkpoint),
-rank 0 requeues the job (``scontrol requeue``, as Lightning's SLURM plugin does) and the run stops with ``Preempted``;
-the requeued job resumes from ``last.ckpt``.
+Preemption and time limits: SLURM sends ``SIGUSR2`` ahead of the time limit (``--signal=USR2@120``: submitit asks for
+it), and preempts with ``SIGCONT`` + ``SIGTERM``, then ``SIGKILL`` after the partition's GraceTime (``send_user_signal``
+is a site setting; Lightning's own SIGTERM handling stops without a checkpoint). Both signals are handled here: the
+handler only sets a flag; at the next training batch end the ranks agree, ``last.ckpt`` is written (a mid-epoch
+checkpoint, with every rank's RNG states), rank 0 requeues the job (``scontrol requeue``, as Lightning's SLURM plugin
+does) while the other ranks wait for it, and the run stops with ``Preempted``; the requeued job resumes from
+``last.ckpt`` (``train.py``'s ``resume: auto``). The flag is checked at training batch ends only: a validation loop
+longer than the grace time is not interrupted.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import random
 import signal
 import subprocess
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +40,11 @@ from latentbridge.core.errors import LatentBridgeError
 
 
 class Preempted(LatentBridgeError):
-    """The run stopped on the preemption signal after writing ``last.ckpt``."""
+    """The run stopped on the preemption signal after writing ``last.ckpt`` (``requeued``: SLURM requeued it)."""
+
+    def __init__(self, message: str, requeued: bool = False) -> None:
+        super().__init__(message)
+        self.requeued = requeued
 
 
 def epoch_seed(seed: int, epoch: int, rank: int) -> int:
@@ -71,22 +80,32 @@ def set_rng_states(states: dict[str, Any]) -> None:
 class ExactResume(Callback):
     """Per-epoch reseeding, mid-epoch RNG + data position, checkpoint-and-requeue on the preemption signal."""
 
-    def __init__(self, seed: int = 0, signal_name: str | None = "SIGUSR2", check_every_n_steps: int = 10) -> None:
-        """``signal_name``: the signal SLURM sends ahead of preemption / the time limit (null: none handled);
-        ``check_every_n_steps``: how often the ranks agree on it under DDP (every step with one process)."""
+    def __init__(self, seed: int = 0, signals: Sequence[str] = ("SIGUSR2", "SIGTERM"), check_every_n_steps: int = 1
+                 ) -> None:  # fmt: skip
+        """``signals``: those SLURM sends ahead of the time limit (USR2) and on preemption (TERM); empty: none
+        handled. ``check_every_n_steps``: how often the ranks agree on the flag under DDP (one all-reduce of a bool;
+        every step by default, so a short grace time is enough)."""
         self.seed = int(seed)
-        self.signal = getattr(signal, signal_name) if signal_name else None
+        self.signals = [getattr(signal, name) for name in (signals or ())]
         self.every = max(1, int(check_every_n_steps))
         self._flag = False
-        self._previous: Any = None
-        self._rng_to_restore: dict[str, Any] | None = None
+        self._previous: dict[int, Any] = {}
+        self._rng_to_restore: Any = None
 
-    # -- state in the checkpoint ---------------------------------------------------------------------------
+    # -- state in the checkpoint: every rank's RNG states ---------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {"rng": rng_states()}
+        """Called on every rank when a checkpoint is written (rank 0 writes it): the states of all ranks."""
+        import torch.distributed as dist
+
+        mine = rng_states()
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            ranks: list[Any] = [None] * dist.get_world_size()
+            dist.all_gather_object(ranks, mine)
+            return {"rng": ranks[0], "rng_per_rank": ranks}
+        return {"rng": mine, "rng_per_rank": [mine]}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._rng_to_restore = state_dict.get("rng")
+        self._rng_to_restore = state_dict.get("rng_per_rank") or [state_dict.get("rng")]  # (older: rank 0's only)
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
         from lightning.pytorch.loggers import WandbLogger
@@ -97,6 +116,7 @@ class ExactResume(Callback):
 
     # -- reseeding and the data position --------------------------------------------------------------------
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._install()
         if not trainer.fit_loop.restarted_mid_epoch:
             self._rng_to_restore = None  # an epoch-end checkpoint: the next epoch reseeds
             return
@@ -113,25 +133,34 @@ class ExactResume(Callback):
         random.seed(s)
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, i: int) -> None:
-        if self._rng_to_restore is not None:  # the first step after a mid-epoch resume
-            set_rng_states(self._rng_to_restore)
+        if self._rng_to_restore is not None:  # the first step after a mid-epoch resume: this rank's own states
+            states = self._rng_to_restore
+            if trainer.global_rank >= len(states) or len(states) != trainer.world_size:
+                raise LatentBridgeError(
+                    f"ckpt_path: this mid-epoch checkpoint holds the RNG states of {len(states)} process(es), the run "
+                    f"has {trainer.world_size}; resume it on as many, or from an epoch-end checkpoint"
+                )
+            set_rng_states(states[trainer.global_rank])
             self._rng_to_restore = None
 
     # -- preemption -----------------------------------------------------------------------------------------
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if stage == "fit" and self.signal is not None and threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(self.signal, self._on_signal)
+    def _install(self) -> None:
+        """Our handlers replace Lightning's for the fit (it registers them after the callbacks' ``setup``, so this runs
+        at train start): its SIGTERM path stops without a checkpoint, and submitit's would requeue without one."""
+        if threading.current_thread() is threading.main_thread() and not self._previous:
+            self._previous = {sig: signal.signal(sig, self._on_signal) for sig in self.signals}
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if stage == "fit" and self._previous is not None:
-            signal.signal(self.signal, self._previous)
-            self._previous = None
+        if stage == "fit":
+            for sig, previous in self._previous.items():
+                signal.signal(sig, previous)
+            self._previous = {}
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         self._flag = True  # nothing else in a signal handler: the checkpoint waits for a consistent point
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
-        if self.signal is None:
+        if not self.signals:
             return
         if trainer.world_size > 1:
             if trainer.global_step % self.every:
@@ -142,11 +171,20 @@ class ExactResume(Callback):
         if not stop:
             return
         path = last_checkpoint_path(trainer)
+        checkpointer = next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), None)
+        if checkpointer is not None and checkpointer.save_last:
+            # ModelCheckpoint's own last.ckpt from now on (its state goes into this checkpoint): without this, a
+            # resumed run's ModelCheckpoint would not own last.ckpt and would write last-v1.ckpt next to it
+            checkpointer.last_model_path = str(path)
         trainer.save_checkpoint(path)
         requeued = requeue() if trainer.is_global_zero else False
+        if trainer.world_size > 1:  # no rank ends the step before rank 0 has requeued the job
+            requeued = bool(trainer.strategy.broadcast(requeued, src=0))
+            trainer.strategy.barrier("latentbridge-preempted")
         raise Preempted(
             f"training was preempted at epoch {trainer.current_epoch}, step {trainer.global_step}: {path} written"
-            + ("; the SLURM job was requeued and resumes from it" if requeued else f"; resume with ckpt_path={path}")
+            + ("; the SLURM job was requeued and resumes from it" if requeued else f"; resume with ckpt_path={path}"),
+            requeued,
         )
 
 

@@ -112,3 +112,57 @@ def test_two_nodes_take_the_steps_of_one_process_with_the_same_global_batch_d1_a
     double = _train(tmp_path / "d2_nodes", [*phase2, "data.batch_size=8"], nodes=2)
     _same_weights(single, double)
     assert any(k.startswith("codec.") for k in single["state_dict"])
+
+
+def _processes(tmp, overrides, nodes: int = 2) -> list[int]:
+    """``nodes`` x 1 process on localhost as a cluster starts them, real (not fixed) quantization noise; the exit
+    codes."""
+    import os
+    import subprocess
+    import sys
+
+    from helpers.config import ROOT
+
+    from latentbridge.core.config import hydra_quote
+
+    paths = [f"paths.output_dir={hydra_quote(tmp / 'run')}", f"paths.cache_dir={hydra_quote(tmp / 'cache')}"]
+    port = str(_free_port())
+    dist = ["trainer=ddp_cpu", "trainer.devices=1", f"trainer.num_nodes={nodes}"]
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port,
+           "PYTHONPATH": f"{ROOT / 'tests'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}  # fmt: skip
+    cmd = [sys.executable, str(ROOT / "tests" / "helpers" / "node.py"), *overrides, *paths, *dist]
+    procs = [subprocess.Popen(cmd, env={**env, "NODE_RANK": str(r)}, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for r in range(nodes)]  # fmt: skip
+    logs = [p.communicate(timeout=600)[0] for p in procs]
+    (tmp / "logs.txt").write_text("\n".join(logs))
+    return [p.returncode for p in procs]
+
+
+@pytest.mark.slow
+def test_two_processes_preempted_mid_epoch_resume_to_exactly_the_weights_of_the_run_left_alone(tmp_path):
+    """Phase 0 (every step draws quantization noise, different on each rank) on 2 processes: preempted by SIGUSR2 in
+    its second epoch, resumed by rerunning the same command, it ends bit-identical to the uninterrupted 2-process
+    run: each rank gets its own RNG states back (a checkpoint used to carry rank 0's only)."""
+    codec = ["experiment=mini_codec", "data=synthetic", "codec.checkpoint=null", "vision.checkpoint=null",
+             "logger=none", "callbacks.progress_bar=null", "trainer.enable_model_summary=false", "epoch_samples=null",
+             "data.train_subset=null", "data.val_subset=null", "data.train_size=64", "data.batch_size=8",
+             "trainer.max_epochs=3", "scenario.scheduler.milestones=[2]",
+             "+trainer.num_sanity_val_steps=0"]  # fmt: skip
+    assert _processes(tmp_path / "alone", codec) == [0, 0], (tmp_path / "alone" / "logs.txt").read_text()[-3000:]
+    marker = tmp_path / "preempted-once"
+    preempt = ["+callbacks.preempt._target_=helpers.interrupt.SignalAt", "+callbacks.preempt.step=6",
+               "+callbacks.preempt.signal_name=SIGUSR2", f"+callbacks.preempt.once={marker}"]  # fmt: skip
+    codes = _processes(tmp_path / "preempted", [*codec, *preempt])
+    log = (tmp_path / "preempted" / "logs.txt").read_text()
+    assert codes != [0, 0] and "training was preempted at epoch 1, step 7" in log, log[-3000:]
+    mid = torch.load(tmp_path / "preempted" / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert mid["global_step"] == 7
+    codes = _processes(tmp_path / "preempted", [*codec, *preempt])  # the requeued job: the same command
+    assert codes == [0, 0], (tmp_path / "preempted" / "logs.txt").read_text()[-3000:]
+    a = torch.load(tmp_path / "alone" / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+    b = torch.load(tmp_path / "preempted" / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert a["global_step"] == b["global_step"] == 12
+    differ = [k for k in a["state_dict"] if not torch.equal(a["state_dict"][k], b["state_dict"][k])]
+    assert not differ, f"{len(differ)} of {len(a['state_dict'])} tensors differ, e.g. {differ[:3]}"
+    states = next(v for k, v in mid["callbacks"].items() if "ExactResume" in k)["rng_per_rank"]
+    assert len(states) == 2 and not torch.equal(states[0]["torch"], states[1]["torch"])  # each rank its own

@@ -74,7 +74,6 @@ def test_a_run_preempted_mid_epoch_checkpoints_there_and_resumes_to_the_same_wei
         "+callbacks.preempt._target_=helpers.interrupt.SignalAt",
         "+callbacks.preempt.step=13",
         "+callbacks.preempt.signal_name=SIGUSR2",
-        "callbacks.exact_resume.check_every_n_steps=1",
     ]
     with hydra_cfg([*CODEC, *signal_at], tmp_path) as cfg, pytest.raises(Preempted, match="step 14"):
         train_run(cfg)
@@ -93,7 +92,6 @@ def test_resuming_without_the_exact_resume_callback_gives_other_weights(tmp_path
         "+callbacks.preempt._target_=helpers.interrupt.SignalAt",
         "+callbacks.preempt.step=13",
         "+callbacks.preempt.signal_name=SIGUSR2",
-        "callbacks.exact_resume.check_every_n_steps=1",
     ]
     with hydra_cfg([*CODEC, *signal_at], tmp_path) as cfg, pytest.raises(Preempted):
         train_run(cfg)
@@ -123,3 +121,39 @@ def test_under_slurm_a_preempted_run_requeues_its_job(tmp_path, monkeypatch):
         train_run(cfg)
     assert (tmp_path / "scontrol.args").read_text().split() == ["requeue", "4242"]
     assert _weights(tmp_path / "run")[0] == 4
+
+
+def test_preemption_by_sigterm_checkpoints_and_resumes_to_the_same_weights(tmp_path, alone):
+    """SLURM preempts with SIGTERM (GraceTime before SIGKILL); Lightning's own SIGTERM path stopped without a
+    checkpoint. Here: last.ckpt at the next batch end, and the resumed run ends with the weights left alone."""
+    signal_at = ["+callbacks.preempt._target_=helpers.interrupt.SignalAt", "+callbacks.preempt.step=13",
+                 "+callbacks.preempt.signal_name=SIGTERM"]  # fmt: skip
+    with hydra_cfg([*CODEC, *signal_at], tmp_path) as cfg, pytest.raises(Preempted, match="step 14"):
+        train_run(cfg)
+    assert _weights(tmp_path / "run")[0] == 14
+    with hydra_cfg(CODEC, tmp_path) as cfg:  # the same command again (resume: auto): continues from last.ckpt
+        train_run(cfg)
+    _assert_same(_weights(tmp_path / "run"), alone)
+
+
+def test_last_ckpt_stays_the_newest_after_a_preemption_in_the_first_epoch(tmp_path):
+    """Preempted at step 3 (before ModelCheckpoint had a last.ckpt of its own) and resumed: last.ckpt must follow
+    the resumed run to its end (it stayed at step 3, the resumed run wrote last-v1.ckpt beside it)."""
+    signal_at = ["+callbacks.preempt._target_=helpers.interrupt.SignalAt", "+callbacks.preempt.step=3",
+                 "+callbacks.preempt.signal_name=SIGUSR2"]  # fmt: skip
+    with hydra_cfg([*CODEC, *signal_at], tmp_path) as cfg, pytest.raises(Preempted, match="step 4"):
+        train_run(cfg)
+    with hydra_cfg(CODEC, tmp_path) as cfg:
+        results = train_run(cfg)
+    folder = tmp_path / "run" / "checkpoints"
+    assert sorted(p.name for p in folder.glob("last*.ckpt")) == ["last.ckpt"]
+    assert _weights(tmp_path / "run")[0] == 24 and results["last_checkpoint"] == str(folder / "last.ckpt")
+
+
+def test_resume_never_starts_a_rerun_from_scratch(tmp_path):
+    signal_at = ["+callbacks.preempt._target_=helpers.interrupt.SignalAt", "+callbacks.preempt.step=3",
+                 "+callbacks.preempt.signal_name=SIGUSR2", "trainer.max_epochs=1"]  # fmt: skip
+    with hydra_cfg([*CODEC, *signal_at], tmp_path) as cfg, pytest.raises(Preempted):
+        train_run(cfg)
+    with hydra_cfg([*CODEC, "trainer.max_epochs=1", "resume=never"], tmp_path) as cfg:
+        assert train_run(cfg)["steps"] == 8

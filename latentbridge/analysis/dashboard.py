@@ -49,11 +49,12 @@ def log_figures(cfg: DictConfig, rows: list[dict[str, Any]], final: bool = False
     """Log every figure's table and line plot to the plan's ``figures`` run; the PNGs too when ``final``.
     Returns the run's local directory."""
     import wandb
-    from filelock import FileLock
+
+    from latentbridge.core.lease_lock import LeaseLock
 
     out = Path(cfg.out_dir)
     (out / "jobs").mkdir(parents=True, exist_ok=True)
-    with FileLock(str(out / "jobs" / "dashboard.lock")):
+    with LeaseLock(out / "jobs" / "dashboard.lock"):
         run = wandb.init(
             project=cfg.dashboard.project,
             group=dashboard_group(cfg),

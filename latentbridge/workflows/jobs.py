@@ -34,8 +34,8 @@ from latentbridge.core.errors import ConfigError
 log = logging.getLogger("latentbridge")
 
 KINDS = ("prepare", "train", "evaluate", "report")
-#: job states (SLURM's words); the first three are "still to come"
-ACTIVE = ("SUBMITTED", "PENDING", "RUNNING")
+#: job states (SLURM's words) that are still to come: a REQUEUED job runs again under the same id
+ACTIVE = ("SUBMITTED", "PENDING", "RUNNING", "REQUEUED")
 
 
 @dataclass(frozen=True)
@@ -139,10 +139,10 @@ class JobRecords:
         return self._load().get("launched")
 
     def _write(self, change: Any) -> None:
-        from filelock import FileLock
+        from latentbridge.core.lease_lock import LeaseLock
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(f"{self.path}.lock"):
+        with LeaseLock(f"{self.path}.lock"):
             state = self._load()
             change(state)
             atomic_write_json(self.path, state)
@@ -176,33 +176,53 @@ def hydra_context(conf_dir: str | None = None) -> Iterator[None]:
 
 
 class PlanJob:
-    """What a launcher runs for one job: picklable (submitit), from the plan's resolved config."""
+    """What a launcher runs for one job: picklable (submitit), from the plan's resolved config.
+
+    Requeues: a training preempted inside ``fit`` checkpoints, requeues its SLURM job and raises ``Preempted``
+    (``lightning_modules/resume.py``); anywhere else (a cache build, the final validation, an evaluation) SLURM's
+    warning signal reaches submitit's handler, which calls ``checkpoint`` and requeues the same job (every job is
+    idempotent: it continues from what is on disk). Either way the record says REQUEUED, not FAILED, so a rerun of
+    the plan does not submit a second copy while SLURM runs the first again under the same id."""
 
     def __init__(self, cfg: dict[str, Any], job: Job) -> None:
         self.cfg, self.job = cfg, job
+        self._requeued = False
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
+        """submitit's hook on the time-limit / preemption signal outside ``fit``: resubmit this same job."""
+        import submitit
+
+        self._requeued = True
+        self._record(state="REQUEUED", ended=time.time(), error="requeued by SLURM's warning signal")
+        return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
+
+    def _record(self, **fields: Any) -> None:
+        # a multi-node training runs this in every SLURM task: the first task speaks for the job
+        if int(os.environ.get("SLURM_PROCID", "0")) == 0:
+            JobRecords(self.cfg["out_dir"]).update(self.job.name, **fields)
 
     def __call__(self) -> Any:
+        from lightning_modules.resume import Preempted
+
         cfg = OmegaConf.create(self.cfg)
         if not logging.getLogger().handlers:  # a job process of its own: its log file shows the progress
             logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
-        # a multi-node training runs this in every SLURM task: the first task speaks for the job
-        records = JobRecords(cfg.out_dir) if int(os.environ.get("SLURM_PROCID", "0")) == 0 else None
-        if records:
-            records.update(
-                self.job.name, state="RUNNING", started=time.time(), host=socket.gethostname(), pid=os.getpid()
-            )
+        self._record(state="RUNNING", started=time.time(), host=socket.gethostname(), pid=os.getpid())
         try:
             with hydra_context():
                 result = run_job(cfg, self.job)
+        except Preempted as e:
+            state = "REQUEUED" if e.requeued else "FAILED"
+            self._record(state=state, ended=time.time(), error=f"Preempted: {str(e).splitlines()[0]}")
+            raise
         except BaseException as e:
-            first = (str(e).splitlines() or [type(e).__name__])[0]
-            if records:
-                records.update(self.job.name, state="FAILED", ended=time.time(), error=f"{type(e).__name__}: {first}")
+            if not (self._requeued and isinstance(e, SystemExit)):  # submitit exits after it requeued the job
+                first = (str(e).splitlines() or [type(e).__name__])[0]
+                self._record(state="FAILED", ended=time.time(), error=f"{type(e).__name__}: {first}")
             if isinstance(e, Exception):
                 log.error("%s failed:\n%s", self.job.name, traceback.format_exc())
             raise
-        if records:
-            records.update(self.job.name, state="COMPLETED", ended=time.time(), error=None)
+        self._record(state="COMPLETED", ended=time.time(), error=None)
         return result
 
 

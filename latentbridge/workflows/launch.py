@@ -29,9 +29,10 @@ from latentbridge.workflows.jobs import ACTIVE, Job, JobRecords, PlanJob, finish
 
 log = logging.getLogger("latentbridge")
 
-#: SLURM states of a job that is still to run or running (a rerun does not duplicate it)
+#: SLURM states of a job that is still to run or running (a rerun does not duplicate it); UNKNOWN (accounting
+#: lags behind) counts as active, as submitit counts it
 SLURM_ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "COMPLETING",
-                "RESIZING", "SUSPENDED", "STAGE_OUT", "SIGNALING"}  # fmt: skip
+                "RESIZING", "SUSPENDED", "STAGE_OUT", "SIGNALING", "PREEMPTED", "READY", "UNKNOWN"}  # fmt: skip
 RESOURCE_KEYS = ("nodes", "gpus_per_node", "cpus_per_task", "mem_gb", "timeout_min")
 
 
@@ -92,13 +93,15 @@ def executor_parameters(cfg: DictConfig, job: Job, after: list[str]) -> dict[str
     }
     if launcher.cluster == "slurm":
         params |= {
-            "gpus_per_node": gpus,
             "tasks_per_node": max(1, gpus) if job.kind == "train" else 1,  # one task per GPU (Lightning's SLURM)
             "slurm_partition": launcher.partition,
             "slurm_signal_delay_s": int(launcher.signal_delay_s),  # SIGUSR2: last.ckpt + requeue (resume.py)
-            "slurm_setup": list(launcher.setup or []),
+            # srun in SLURM 22.05-23.02 does not inherit --cpus-per-task from the allocation
+            "slurm_setup": ["export SRUN_CPUS_PER_TASK=${SLURM_CPUS_PER_TASK}", *(launcher.setup or [])],
             "slurm_additional_parameters": {"kill-on-invalid-dep": "yes"},
         }
+        if gpus:  # --gpus-per-node=0 is refused by some sites on CPU-only partitions
+            params["gpus_per_node"] = gpus
         for key in ("account", "qos", "constraint"):
             if launcher.get(key):
                 params[f"slurm_{key}"] = launcher[key]
@@ -112,14 +115,19 @@ def executor_parameters(cfg: DictConfig, job: Job, after: list[str]) -> dict[str
 
 
 def _active(record: dict[str, Any], cluster: str) -> bool:
-    """Whether a recorded job is still queued or running (SLURM's view through submitit, or the local pid)."""
-    if record.get("state") not in ACTIVE or not record.get("job_id"):
+    """Whether a recorded job is still queued or running: SLURM's view through submitit for any record that did not
+    complete (a job that recorded FAILED may since have been requeued under the same id), or the local pid."""
+    if not record.get("job_id"):
         return False
     if cluster == "slurm":
+        if record.get("state") == "COMPLETED":
+            return False
         import submitit
 
         state = submitit.SlurmJob(record["folder"], record["job_id"]).state
         return state.split(" ")[0] in SLURM_ACTIVE
+    if record.get("state") not in ACTIVE:
+        return False
     pid = int(record.get("pid") or record["job_id"])
     try:
         os.kill(pid, 0)
@@ -193,7 +201,6 @@ def submit(cfg: DictConfig, graph: list[Job], resolved: dict[str, Any]) -> dict[
     records = JobRecords(cfg.out_dir)
     known = records.read()
     folder = Path(cfg.out_dir) / "jobs" / "logs" / "%j"
-    executor = submitit.AutoExecutor(folder=folder, cluster=cluster)
     status: dict[str, str] = {}  # job -> done | active | failed | cancelled
     ids: dict[str, str] = {}
     handles: dict[str, Any] = {}
@@ -205,6 +212,9 @@ def submit(cfg: DictConfig, graph: list[Job], resolved: dict[str, Any]) -> dict[
             log.info("%s: still %s as job %s, not submitted again", job.name, known[job.name]["state"], ids[job.name])
 
     def _submit(job: Job, after: list[str]) -> None:
+        # a fresh executor per job: update_parameters merges into the executor's settings, so a job without a
+        # dependency would inherit the previous job's (--kill-on-invalid-dep would then cancel it with that one)
+        executor = submitit.AutoExecutor(folder=folder, cluster=cluster, **_python(launcher, cluster))
         executor.update_parameters(**executor_parameters(cfg, job, after))
         handle = executor.submit(PlanJob(resolved, job))
         handles[job.name], ids[job.name], status[job.name] = handle, str(handle.job_id), "active"
@@ -235,6 +245,12 @@ def submit(cfg: DictConfig, graph: list[Job], resolved: dict[str, Any]) -> dict[
         _release_locally(cfg, graph, status, handles, _submit, records, launcher)
     _wait(cfg, graph, status, handles, records, cluster, float(launcher.poll_s))
     return _summary(cfg, graph, records)
+
+
+def _python(launcher: DictConfig, cluster: str) -> dict[str, Any]:
+    """``launcher.python``: the interpreter SLURM jobs run (default: the driver's ``sys.executable``, which is not the
+    venv a ``setup`` line activates on the compute nodes)."""
+    return {"slurm_python": str(launcher.python)} if cluster == "slurm" and launcher.get("python") else {}
 
 
 def _release_locally(cfg, graph, status, handles, submit_fn, records, launcher) -> None:  # noqa: ANN001

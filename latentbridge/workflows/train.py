@@ -40,8 +40,9 @@ def validate_names(cfg: DictConfig) -> None:
 
 def prepare_dependencies(cfg: DictConfig) -> None:
     """Train and cache the components the scenario uses whose checkpoint is missing and that have a recipe."""
-    from filelock import FileLock
     from hydra import compose
+
+    from latentbridge.core.lease_lock import LeaseLock
 
     for key in scenario_uses(cfg):
         node = cfg[key]
@@ -54,7 +55,7 @@ def prepare_dependencies(cfg: DictConfig) -> None:
                 "together; prepare it first in one process (latentbridge-reproduce's prepare job, or make train)"
             )
         Path(ckpt).parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(f"{ckpt}.lock"):
+        with LeaseLock(f"{ckpt}.lock"):
             if Path(ckpt).is_file():  # another process prepared it meanwhile
                 continue
             log.info("%s.checkpoint %s is missing: preparing it with %s", key, ckpt, list(recipe))
@@ -205,7 +206,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     module = build_scenario(cfg)
     if getattr(datamodule, "cache", False):
         datamodule = with_latent_cache(cfg, datamodule, module)
-    ckpt_path = cfg.get("ckpt_path")
+    ckpt_path = resume_from(cfg, out_dir)
     # missing, unreadable or unsafe (a pickled payload): one line before Lightning loads it
     resumed = read_checkpoint(ckpt_path, "ckpt_path") if ckpt_path is not None else None
     run_id = resumed.get("wandb_run_id") if isinstance(resumed, dict) else None
@@ -255,6 +256,22 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         print_results(results, out_dir / "results.json")
     finish_loggers(loggers)
     return results
+
+
+def resume_from(cfg: DictConfig, out_dir: Path) -> str | None:
+    """``ckpt_path``, else (``resume: auto``) the run directory's own ``checkpoints/last.ckpt`` when there is one: a
+    requeued SLURM job (a plan's, or a sweep point of ``train.py -m hydra/launcher=slurm``) reruns the same command
+    in the same directory and must continue, not start over."""
+    mode = cfg.get("resume", "auto")
+    if mode not in ("auto", "never"):
+        raise ConfigError(f"resume: '{mode}' is not one of auto, never")
+    if cfg.get("ckpt_path") is not None or mode == "never":
+        return cfg.get("ckpt_path")
+    last = out_dir / "checkpoints" / "last.ckpt"
+    if last.is_file():
+        log.info("resume=auto: %s exists, resuming from it", last)
+        return str(last)
+    return None
 
 
 def logger_resume(node: DictConfig, run_id: str | None) -> dict[str, Any]:
