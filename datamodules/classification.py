@@ -88,6 +88,8 @@ class ClassificationDataModule(L.LightningDataModule):
         cache_dir: str | None = None,
         cache_dtype: str = "float32",
         cache_shard_size: int = 4096,
+        cache_in_memory: str | bool = "auto",
+        cache_memory_gb: float = 4.0,
     ) -> None:
         """``cache*``: the latent cache (``datamodules/latent_cache.py``), applied by the training workflow."""
         super().__init__()
@@ -97,6 +99,7 @@ class ClassificationDataModule(L.LightningDataModule):
             cache_dtype,
             cache_shard_size,
         )
+        self.cache_in_memory, self.cache_memory_gb = cache_in_memory, cache_memory_gb
         self.image_size = image_size
         self.codec_tf = codec_transform(image_size)
         self.teacher_tf = teacher_transform(teacher_image_size, teacher_mean, teacher_std)

@@ -2,6 +2,7 @@
 
     python scripts/benchmark_train.py                                  # experiment=paper_d1, this machine's device
     python scripts/benchmark_train.py --batch 64 --steps 30 --variants uncached-fp32 cached-bf16 cached-bf16-compile
+    python scripts/benchmark_train.py --experiment mini_d1 --batch 64 --variants cached-fp32 --fit-steps 150
 
 Variants: ``{uncached|cached}-{fp32|bf16}[-compile]``. *uncached* runs what a d1 step runs without the latent cache
 (codec g_a + entropy model, teacher C(x), transform-neck, C' forward and backward); *cached* reads y_hat and C(x)
@@ -162,6 +163,62 @@ def read_back(args: argparse.Namespace) -> dict[str, float]:
     return {"cache": len(x) / cache_s, "bitstream": len(x) / decode_s}
 
 
+def fit_steps(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Steps/s of real ``Trainer.fit`` runs of cached mini d1 (train.py's objects: the latent cache, Lightning's loop,
+    logging, ExactResume), the cache read by litdata item by item and from memory, side by side on one cache."""
+    import lightning as L
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    from latentbridge.cli import conf_dir
+    from latentbridge.core.config import register_resolvers
+    from latentbridge.runs import build_scenario
+    from latentbridge.workflows.train import build_callbacks, set_epoch_length, with_latent_cache
+
+    class StepTimer(L.Callback):
+        """Times the training steps after the first ``skip``."""
+
+        def __init__(self, skip: int) -> None:
+            self.skip, self.started, self.ended, self.steps = skip, 0.0, 0.0, 0
+
+        def on_train_batch_start(self, trainer: Any, module: Any, batch: Any, i: int) -> None:
+            if i == self.skip:
+                self.started = time.perf_counter()
+
+        def on_train_batch_end(self, trainer: Any, module: Any, out: Any, batch: Any, i: int) -> None:
+            if i >= self.skip:
+                self.steps, self.ended = self.steps + 1, time.perf_counter()
+
+        def result(self) -> dict[str, float]:
+            elapsed = self.ended - self.started
+            return {"steps_s": self.steps / elapsed, "ms_step": 1e3 * elapsed / self.steps, "steps": self.steps}
+
+    register_resolvers()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for mode in ("false", "true"):
+            overrides = ["experiment=mini_d1", "data=synthetic", "codec.checkpoint=null", "vision.checkpoint=null",
+                         "logger=none", "callbacks.progress_bar=null", "trainer.enable_model_summary=false",
+                         f"data.train_size={args.batch * (args.fit_steps + 10)}", "data.val_size=64",
+                         f"data.batch_size={args.batch}", "trainer.max_epochs=1", "epoch_samples=null",
+                         "trainer.limit_val_batches=0", "+trainer.num_sanity_val_steps=0", "data.cache=true",
+                         f"data.cache_dir={tmp}/cache", f"data.cache_in_memory={mode}", f"paths.output_dir={tmp}/run",
+                         "data.train_subset=null", "data.val_subset=null"]  # fmt: skip
+            with initialize_config_dir(str(conf_dir()), version_base="1.3"):
+                cfg = compose("train", overrides=overrides)
+            L.seed_everything(0, verbose=False)
+            dm, module = instantiate(cfg.data), build_scenario(cfg)
+            dm = with_latent_cache(cfg, dm, module)
+            trainer = instantiate(cfg.trainer, callbacks=build_callbacks(cfg, module, False), logger=False)
+            set_epoch_length(cfg, dm, trainer)
+            dm.prepare_data()  # the first mode builds the cache, both read it
+            timer = StepTimer(10)
+            trainer.callbacks.append(timer)
+            trainer.fit(module, datamodule=dm)
+            rows.append({"loader": "in memory" if mode == "true" else "litdata, per item", **timer.result()})
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--experiment", default="paper_d1")
@@ -170,6 +227,12 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps first (default: 5 on CUDA, 1 on CPU)")
     parser.add_argument("--variants", nargs="+", default=None)
     parser.add_argument("--readback", type=int, default=64, help="images for the read-back comparison (0: skip)")
+    parser.add_argument(
+        "--fit-steps",
+        type=int,
+        default=0,
+        help="also time this many steps of real cached mini d1 fits, litdata vs in memory (0: skip)",
+    )
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     gpu = device.type == "cuda"
@@ -195,6 +258,13 @@ def main() -> None:
             f"{r['variant']:<22}{r['samples_s']:>11.1f}{1e3 * r['step_s']:>10.1f}"
             f"{r['flops'] / args.batch / 1e9:>14.1f}{mfu:>8}{r['samples_s'] / base:>21.2f}x"
         )
+    if args.fit_steps:
+        fits = fit_steps(args)
+        print(f"real Trainer.fit of cached mini d1 (synthetic images, random mini codec and teacher), batch "
+              f"{args.batch}, {fits[0]['steps']} timed steps each:")  # fmt: skip
+        for r in fits:
+            print(f"  cache read {r['loader']:<18} {r['steps_s']:6.2f} steps/s  {r['ms_step']:6.1f} ms/step"
+                  f"  {r['steps_s'] / fits[0]['steps_s']:.2f}x")  # fmt: skip
     if args.readback:
         rb = read_back(args)
         print(

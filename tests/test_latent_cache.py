@@ -168,3 +168,26 @@ def test_d1_its_ablations_and_post_processing_share_one_cache(tmp_path):
         cached.prepare_data()  # the second and third find the first one's cache valid
         dirs.add(latent_cache_dir(cfg, dm, module))
     assert len(dirs) == 1
+
+
+def test_the_in_memory_path_serves_exactly_what_litdata_serves_and_converts_older_shards(tmp_path):
+    from datamodules.latent_cache import DENSE, _Indexed, _InMemory
+
+    cfg, dm, module, cached = _setup(tmp_path)
+    cached.prepare_data()
+    for split in ("train", "val"):
+        cache = cached.split_cache(split)
+        shards = sorted(cache.dir.glob("shard-*"))
+        assert shards and all((s / DENSE).is_file() for s in shards)  # written with each shard
+        (shards[0] / DENSE).unlink()  # a shard of an older build: converted from litdata once
+        from_disk, in_memory = _Indexed(cache.dataset(), cache.length), _InMemory(cache.dense())
+        assert (shards[0] / DENSE).is_file() and len(in_memory) == len(from_disk) == cache.length
+        for i in range(len(from_disk)):
+            a, b = from_disk[i], in_memory[i]
+            assert a.keys() == b.keys() and a["index"] == b["index"] and a["label"] == b["label"]
+            assert all(torch.equal(a[k], b[k]) for k in a if k not in ("index", "label")), (split, i)
+    loaders = {}
+    for mode in (True, False):
+        cached.in_memory = str(mode).lower()
+        loaders[mode] = next(iter(cached.val_dataloader()))
+    assert all(torch.equal(loaders[True][k], loaders[False][k]) for k in loaders[True] if k != "num_skipped")

@@ -157,6 +157,8 @@ def with_latent_cache(cfg: DictConfig, datamodule: Any, module: Any) -> Any:
         latent_cache_dir(cfg, datamodule, module),
         dtype=datamodule.cache_dtype,
         shard_size=datamodule.cache_shard_size,
+        in_memory=datamodule.cache_in_memory,
+        memory_gb=datamodule.cache_memory_gb,
     )
 
 
