@@ -76,3 +76,37 @@ def bd_table(rows: list[dict[str, Any]], metric: str, anchor: str) -> dict[str, 
         # NaN: the curves do not overlap enough (rate for BD-rate, metric for BD-metric); JSON has no NaN
         out[method] = {k: (v if math.isfinite(v) else None) for k, v in values.items()}
     return out
+
+
+def plot_validation(histories: dict[str, dict[str, Any]], path: Path, title: str = "") -> Path | None:
+    """Every run's validation curve (``results.json["convergence"]``): one panel per run, a line per rate point,
+    the monitored metric against training steps; an unconverged curve (stopped at its step cap) is dashed."""
+    by_run: dict[str, list[tuple[str, dict[str, Any]]]] = defaultdict(list)
+    for name, conv in sorted(histories.items()):
+        if conv.get("history"):
+            run, _, rate = name.partition("/")
+            by_run[run].append((rate, conv))
+    if not by_run:
+        return None
+    cols = min(4, len(by_run))
+    rows = math.ceil(len(by_run) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.8 * rows), dpi=110, squeeze=False)
+    for ax, (run, lines) in zip(axes.flat, sorted(by_run.items())):
+        for rate, conv in lines:
+            steps = [h["step"] for h in conv["history"]]
+            values = [h["value"] for h in conv["history"]]
+            label = rate + ("" if conv.get("converged") else " (cap)")
+            ax.plot(steps, values, ls="-" if conv.get("converged") else "--", marker=".", label=label)
+        ax.set_title(run, fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+        ax.set_ylabel(lines[0][1].get("metric", ""), fontsize=8)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6)
+    for ax in list(axes.flat)[len(by_run) :]:
+        ax.axis("off")
+    fig.suptitle(title or "validation curves (dashed: stopped at the cap, unconverged)", fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path

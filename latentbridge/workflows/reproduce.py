@@ -73,10 +73,12 @@ def placeholders(cfg: DictConfig, lmbda: float | None) -> dict[str, Any]:
 
 
 def plan_overrides(cfg: DictConfig, run: str, lmbda: float | None) -> list[str]:
-    """The plan's own overrides of one (run, rate point): ``common``, ``extra`` and the run's, filled in."""
+    """The plan's own overrides of one (run, rate point): ``common``, ``extra``, the run's, then ``final`` (what a
+    derived plan imposes on every run: plan=tiny's short runs), filled in."""
     spec, fields = cfg.plan.runs[run], placeholders(cfg, lmbda)
     try:
-        given = [*cfg.plan.common, *(cfg.plan.get("extra") or []), *(spec.get("overrides") or [])]
+        given = [*cfg.plan.common, *(cfg.plan.get("extra") or []), *(spec.get("overrides") or []),
+                 *(cfg.plan.get("final") or [])]  # fmt: skip
         return [str(o).format(**fields) for o in given]
     except KeyError as e:
         raise ConfigError(
@@ -300,6 +302,13 @@ def report(cfg: DictConfig) -> dict[str, Any]:
     rows, per_image, missing = collect(cfg, todo)
     rows += evaluate_anchors(cfg, compute=False)
     plots = plot_figures(cfg, rows)
+    convergence = convergence_of(cfg, todo)
+    if convergence:
+        from latentbridge.analysis.curves import plot_validation
+
+        png = plot_validation(convergence, out / "validation_curves.png", f"{cfg.plan.name}: validation curves")
+        if png:
+            plots["validation_curves"] = str(png)
     findings_module = import_module(cfg.plan.get("findings_module") or "latentbridge.analysis.findings")
     findings = findings_module.check_findings(cfg, rows, per_image)
     checked_premise = premise_of(cfg) if cfg.plan.get("premise", True) else None
@@ -323,6 +332,9 @@ def report(cfg: DictConfig) -> dict[str, Any]:
         "plots": plots,
         "findings": findings,
         "failed": failed,
+        "convergence": {
+            k: {f: v[f] for f in ("converged", "stopped", "epochs", "steps")} for k, v in convergence.items()
+        },
         "wall_time_s": {
             "train": round(trained, 1),
             "total": round(max(e for _, e in spans) - min(s for s, _ in spans), 1) if spans else None,
@@ -334,6 +346,10 @@ def report(cfg: DictConfig) -> dict[str, Any]:
     if checked_premise is not None:
         print_premise(checked_premise)
     print_findings(findings)
+    if convergence:
+        capped = [k for k, v in convergence.items() if not v["converged"]]
+        print(f"convergence: {len(convergence) - len(capped)} of {len(convergence)} runs converged by the rule"
+              + (f"; stopped at their cap, unconverged: {', '.join(capped)}" if capped else ""))  # fmt: skip
     for f in failed:
         logs = f" (logs: {f['stdout']}, {f['stderr']})" if f.get("stdout") else ""
         print(f"FAILED {f['job']}: {f.get('state') or 'not run'} {f.get('error') or ''}{logs}")
@@ -342,6 +358,18 @@ def report(cfg: DictConfig) -> dict[str, Any]:
         print(f"wall time: {results['wall_time_s']['total']:.0f} s (training {trained:.0f} s)")
     update_dashboard(cfg, rows=rows, final=True, results=results)
     return results
+
+
+def convergence_of(cfg: DictConfig, todo: list[tuple[str, float | None]]) -> dict[str, dict[str, Any]]:
+    """``<run>/lambda<l>`` -> the convergence record of its training (runs trained with the rule only)."""
+    found = {}
+    for run, lmbda in todo:
+        results = run_dir(cfg, run, lmbda) / "results.json"
+        if results.is_file():
+            conv = json.loads(results.read_text()).get("convergence")
+            if conv:
+                found[f"{run}/{run_dir(cfg, run, lmbda).name}"] = conv
+    return found
 
 
 def update_dashboard(

@@ -225,6 +225,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if trainer.interrupted:
         raise LatentBridgeError("training was interrupted; resume with ckpt_path=<run dir>/checkpoints/last.ckpt")
 
+    converging = next((c for c in trainer.callbacks if type(c).__name__ == "Convergence"), None)
+    # lightning_modules/convergence.py: converged or stopped at the cap, and the curve (before the final validation,
+    # which restores the best checkpoint's callback states)
+    convergence = converging.summary(trainer) if converging is not None else None
     checkpoint_cb = next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), None)
     best = checkpoint_cb.best_model_path if checkpoint_cb and checkpoint_cb.best_model_path else None
     metrics: dict[str, float] = {}
@@ -249,6 +253,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "run_dir": str(out_dir.resolve()),
         "wall_time_s": round(time.time() - started, 1),
     }
+    if convergence is not None:
+        results["convergence"] = convergence
     if trainer.is_global_zero:
         if hasattr(module, "export"):
             export_path = Path(cfg.get("export_path") or out_dir / "export.pt").resolve()
