@@ -127,6 +127,7 @@ def test_bug4_every_key_named_in_an_error_message_applies_as_an_override(tmp_pat
         "train+codec": ["experiment=mini_codec"],
         "train+p2": ["experiment=mini_p2"],
         "train+folder": ["data=image_folder"],
+        "train+convergence": ["experiment=mini_d1", "callbacks=convergence"],
         "evaluate": [],
         "reproduce": [],
         "reproduce+slurm": ["launcher=slurm"],

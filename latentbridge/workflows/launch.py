@@ -114,17 +114,32 @@ def executor_parameters(cfg: DictConfig, job: Job, after: list[str]) -> dict[str
     return params
 
 
-def _active(record: dict[str, Any], cluster: str) -> bool:
-    """Whether a recorded job is still queued or running: SLURM's view through submitit for any record that did not
-    complete (a job that recorded FAILED may since have been requeued under the same id), or the local pid."""
+def slurm_states(job_ids: list[str]) -> dict[str, str]:
+    """SLURM's state of each job id, asked freshly in one ``sacct`` call. submitit's watcher caches a finished job's
+    state for the life of the process, but SLURM may requeue a FAILED job under the same id, and in a long-lived
+    process (a test session, a notebook) ids seen earlier would answer with their old state."""
+    import submitit
+
+    watcher = submitit.SlurmJob.watcher
+    watcher.clear()
+    for job_id in job_ids:
+        watcher.register_job(str(job_id))
+    if job_ids:
+        watcher.update()
+    return {str(j): watcher.get_state(str(j), mode="cache") for j in job_ids}
+
+
+def _active(record: dict[str, Any], cluster: str, states: dict[str, str] | None = None) -> bool:
+    """Whether a recorded job is still queued or running: SLURM's view (``states``, from :func:`slurm_states`) for any
+    record that did not complete (a job that recorded FAILED may since have been requeued under the same id), or the
+    local pid."""
     if not record.get("job_id"):
         return False
     if cluster == "slurm":
         if record.get("state") == "COMPLETED":
             return False
-        import submitit
-
-        state = submitit.SlurmJob(record["folder"], record["job_id"]).state
+        job_id = str(record["job_id"])
+        state = (states or {}).get(job_id) or slurm_states([job_id])[job_id]
         return state.split(" ")[0] in SLURM_ACTIVE
     if record.get("state") not in ACTIVE:
         return False
@@ -136,11 +151,19 @@ def _active(record: dict[str, Any], cluster: str) -> bool:
     return True
 
 
-def _status(cfg: DictConfig, job: Job, records: dict[str, Any], cluster: str) -> str:
+def _known_states(records: dict[str, Any], cluster: str) -> dict[str, str]:
+    """SLURM states of every recorded job that did not complete, in one query (empty off SLURM)."""
+    if cluster != "slurm":
+        return {}
+    ids = [str(r["job_id"]) for r in records.values() if r.get("job_id") and r.get("state") != "COMPLETED"]
+    return slurm_states(ids)
+
+
+def _status(cfg: DictConfig, job: Job, records: dict[str, Any], cluster: str, states: dict[str, str]) -> str:
     if job.kind != "report" and finished(cfg, job):
         return "finished"
     rec = records.get(job.name)
-    if rec and cluster != "local" and _active(rec, cluster):
+    if rec and cluster != "local" and _active(rec, cluster, states):
         return f"{rec['state'].lower()} (job {rec['job_id']})"
     return "to run"
 
@@ -149,10 +172,11 @@ def print_graph(cfg: DictConfig, graph: list[Job]) -> list[dict[str, Any]]:
     """``--dry-run``: every job, what it needs, its resources and what a run would do with it."""
     records = JobRecords(cfg.out_dir).read()
     cluster = cfg.launcher.get("cluster") or "local"
+    states = _known_states(records, cluster)
     rows, status = [], {}
     for job in graph:
         res = resources(cfg, job) if cfg.plan.get("resources") else {}
-        status[job.name] = _status(cfg, job, records, cluster)
+        status[job.name] = _status(cfg, job, records, cluster, states)
         after = [d for d in job.after if status[d] != "finished"]  # what a submission would wait for
         row = {"job": job.name, "status": status[job.name], "after": after, **res}
         if job.kind == "train" and cfg.launcher.name == "slurm":
@@ -200,6 +224,7 @@ def submit(cfg: DictConfig, graph: list[Job], resolved: dict[str, Any]) -> dict[
     cluster = str(launcher.cluster)
     records = JobRecords(cfg.out_dir)
     known = records.read()
+    states = _known_states(known, cluster)
     folder = Path(cfg.out_dir) / "jobs" / "logs" / "%j"
     status: dict[str, str] = {}  # job -> done | active | failed | cancelled
     ids: dict[str, str] = {}
@@ -207,7 +232,7 @@ def submit(cfg: DictConfig, graph: list[Job], resolved: dict[str, Any]) -> dict[
     for job in graph:
         if job.kind != "report" and finished(cfg, job):
             status[job.name] = "done"
-        elif job.name in known and _active(known[job.name], cluster):
+        elif job.name in known and _active(known[job.name], cluster, states):
             status[job.name], ids[job.name] = "active", str(known[job.name]["job_id"])
             log.info("%s: still %s as job %s, not submitted again", job.name, known[job.name]["state"], ids[job.name])
 
