@@ -38,16 +38,24 @@ class CodecPretraining(NetAuxOptimization):
         aux_lr: float = 1e-3,
         clip_max_norm: float = 1.0,
         val_rates: tuple[float, ...] = (0.0, 0.5, 1.0),
+        fixed_rate: float | None = None,
     ) -> None:
+        """``fixed_rate`` (a lambda of a variable-rate codec's ladder): train that architecture at this one rate (the
+        fixed-rate models of paper 2's finding F1: the same architecture, recipe and budget, one rate each)."""
         super().__init__()
         if not codec.variable_rate and not (lmbda is not None and lmbda > 0):
             raise ConfigError(f"codec.lmbda: {lmbda} is not a positive rate-distortion weight")
+        if fixed_rate is not None and not codec.variable_rate:
+            raise ConfigError("scenario.fixed_rate: for variable-rate codecs (a fixed-rate codec has codec.lmbda)")
         self.save_hyperparameters(ignore=["codec", "optimizer", "scheduler"])
         self.codec = codec
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.clip_max_norm = float(clip_max_norm)
         self.rd_loss = RateDistortionLoss(lmbda=lmbda or 1.0)
+        self.fixed_q = None if fixed_rate is None else codec.ladder.q(float(fixed_rate))
         self.val_q = [float(q) for q in val_rates] if codec.variable_rate else [None]
+        if self.fixed_q is not None:
+            self.val_q = [self.fixed_q]
         self.val_metrics = torch.nn.ModuleDict({k: MeanMetric() for k in ("rd_loss", "bpp")})
         self.val_psnr = psnr_metric()
 
@@ -58,7 +66,7 @@ class CodecPretraining(NetAuxOptimization):
         if "image" not in batch:
             return None
         x = batch["image"]
-        q = float(torch.rand(())) if self.codec.variable_rate else None
+        q = self.fixed_q if self.fixed_q is not None else float(torch.rand(())) if self.codec.variable_rate else None
         out = self.rd(x, q)
         aux_loss = self.codec.aux_loss()  # the quantiles only: their own parameter group
         bs = x.shape[0]

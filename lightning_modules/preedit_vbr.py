@@ -9,9 +9,13 @@ Schedule (design ``paper2.md`` 2.6): the codec starts from a variable-rate phase
 ``codec_frozen_epochs`` only the editor trains (the codec stays in train mode, so the rate's gradient reaches the
 editor; the codec's own gradients are dropped before each optimizer step), then editor and codec train together.
 Each training batch draws its rate point q ~ U[0, 1] (or ``fixed_rate``: a separately trained fixed-rate model
-for the comparison of finding F1). Validation runs at ``val_rates``; ``val/objective`` (the loss averaged over
-them) selects checkpoints: accuracy alone would prefer checkpoints that spend more bits. ``trainer.test`` codes
-every image at ``eval_q`` through real bitstreams (``mosaic``: m x m mosaics of them).
+for the comparison of finding F1, validated at its own rate only). Validation runs at ``val_rates``;
+``val/objective`` selects checkpoints: the mean over the rates of the log of each rate's objective, so that every
+rate counts by its relative change (the raw objectives scale with lambda(q), 320x apart over the mini ladder, and
+their sum let the highest rate decide); accuracy alone would prefer checkpoints that spend more bits.
+One protocol end to end (``mosaic``): with m > 1, training, validation and ``trainer.test`` all code m x m mosaics
+of the images (a 32x32 image alone would pay a 25-byte header on a few bytes of payload at the low rates; in a
+mosaic the hyperprior sees 16 images), the rate counted over the mosaic's pixels, every other term per image.
 """
 
 from __future__ import annotations
@@ -63,6 +67,7 @@ class PreEditVbrModule(BridgeModule):
         val_rates: Sequence[float] = (0.0, 0.5, 1.0),
         fixed_rate: float | None = None,
         compile: bool = False,
+        mosaic: int = 1,
     ) -> None:
         if not codec.variable_rate:
             raise ConfigError(f"codec: paper 2 trains a variable-rate codec (e.g. codec=mini_vbr), got '{codec.name}'")
@@ -74,15 +79,18 @@ class PreEditVbrModule(BridgeModule):
         self.editor = editor if editor is not None else IdentityEditor()
         for name, param in self.named_parameters():
             param.requires_grad_(self._trains(name))
+        if mosaic < 1:
+            raise ConfigError(f"scenario.mosaic: {mosaic} must be >= 1")
         self.ladder = codec.ladder
         self.fixed_q = None if fixed_rate is None else self.ladder.q(float(fixed_rate))
-        self.val_q = [self.ladder.check_q(q) for q in val_rates]
+        # a fixed-rate model is trained, validated (and so selected) at its own rate only
+        self.val_q = [self.fixed_q] if self.fixed_q is not None else [self.ladder.check_q(q) for q in val_rates]
         stop = loss.token_layer % (vision.num_blocks + 1)  # hidden_states[token_layer]: -2 = the last block's input
         self.token_blocks = stop
         per_rate = [f"{k}_{_tag(q)}" for q in self.val_q for k in ("top1", "bpp", "psnr", "objective")]
         self.metrics = nn.ModuleDict({k: MeanMetric() for k in (*per_rate, "top1_uncompressed")})
         self.eval_q = self.val_q[0]
-        self.mosaic = 1  # test: code m x m mosaics of the test images (evaluate.py mosaic=m)
+        self.mosaic = int(mosaic)  # m x m mosaics in training, validation and test (evaluate.py checks it matches)
 
     # -- structure ----------------------------------------------------------------------------------------
     @property
@@ -102,6 +110,7 @@ class PreEditVbrModule(BridgeModule):
             "editor": type(self.editor).__name__,
             "editor_width": int(getattr(self.editor, "width", 0)),
             "editor_conditioning": getattr(self.editor, "rate_conditioning", "none"),
+            **({"mosaic": self.mosaic} if self.mosaic > 1 else {}),
         }
 
     # -- the schedule: editor warm-up, then editor + codec -------------------------------------------------
@@ -131,21 +140,27 @@ class PreEditVbrModule(BridgeModule):
         out = enc.run_blocks(enc.embed(enc.preprocess(x)), 0, self.token_blocks)
         return out[:, 1:] if self.loss_fn.drop_cls else out
 
-    def code(self, x: Tensor, q: float) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
-        """x -> (x_edit, x_hat unclamped, likelihoods) at rate point q (the codec's train / eval behaviour)."""
+    def code(self, x: Tensor, q: float) -> tuple[Tensor, Tensor, dict[str, Tensor], int]:
+        """x -> (x_edit, x_hat unclamped, likelihoods, pixels the likelihoods cover per coded picture) at rate point
+        q (the codec's train / eval behaviour); with ``mosaic`` m > 1 the images are coded as m x m mosaics and
+        x_hat comes back per image."""
         x_edit = self.edge(x, q)
-        y_hat, likelihoods = self.codec.latent(x_edit, self.ladder.gain(q))
-        return x_edit, self.codec.model.g_s(y_hat), likelihoods
+        coded, count = tile(x_edit, self.mosaic) if self.mosaic > 1 else (x_edit, x.shape[0])
+        y_hat, likelihoods = self.codec.latent(coded, self.ladder.gain(q))
+        x_hat = self.codec.model.g_s(y_hat)
+        if self.mosaic > 1:
+            x_hat = untile(x_hat, self.mosaic, count)
+        return x_edit, x_hat, likelihoods, coded.shape[-2] * coded.shape[-1]
 
     def objective(self, x: Tensor, q: float) -> tuple[TokenRateLossOutput, Tensor, dict[str, Tensor]]:
         """The loss at rate point q, the decoded image (clamped) and the likelihoods."""
-        x_edit, x_hat, likelihoods = self.code(x, q)
+        x_edit, x_hat, likelihoods, pixels = self.code(x, q)
         tokens = tokens_hat = None
         if self.loss_fn.needs_tokens:
             with torch.no_grad():
                 tokens = self.tokens(x)
             tokens_hat = self.tokens(x_hat)
-        out = self.loss_fn(likelihoods, x, x_edit, x_hat, self.ladder.lmbda(q), tokens_hat, tokens)
+        out = self.loss_fn(likelihoods, x, x_edit, x_hat, self.ladder.lmbda(q), tokens_hat, tokens, pixels)
         return out, x_hat.clamp(0, 1), likelihoods
 
     # -- training -----------------------------------------------------------------------------------------
@@ -163,13 +178,14 @@ class PreEditVbrModule(BridgeModule):
         for q in self.val_q:
             loss, x_hat, likelihoods = self.objective(x, q)
             out[f"top1_{_tag(q)}"] = zero_shot(routes.decoded_image(self, x_hat), self.text_emb, labels)
-            out[f"bpp_{_tag(q)}"] = bits_per_image(likelihoods).float() / (x.shape[-2] * x.shape[-1])
+            out[f"bpp_{_tag(q)}"] = _bpp(likelihoods, x.shape[0], self.mosaic, x.shape[-2] * x.shape[-1])
             out[f"psnr_{_tag(q)}"] = psnr(x_hat, x).float()
             out[f"objective_{_tag(q)}"] = loss.loss.expand(labels.shape[0])
         return out
 
     def on_validation_epoch_end(self) -> None:
-        objective = sum(self.metrics[f"objective_{_tag(q)}"].compute() for q in self.val_q) / len(self.val_q)
+        """``val/objective``: the mean over the validation rates of log(objective at that rate): scale-free per rate."""
+        objective = sum(self.metrics[f"objective_{_tag(q)}"].compute().log() for q in self.val_q) / len(self.val_q)
         top1 = sum(self.metrics[f"top1_{_tag(q)}"].compute() for q in self.val_q) / len(self.val_q)
         self.log("val/objective", objective, prog_bar=True)
         self.log("val/top1", top1, prog_bar=True)
@@ -209,6 +225,12 @@ class PreEditVbrModule(BridgeModule):
         if isinstance(self.editor, PreEditor):
             checkpoint["editor"] = editor_checkpoint(self.editor, self.codec)
         return checkpoint
+
+
+def _bpp(likelihoods: dict[str, Tensor], count: int, m: int, pixels: int) -> Tensor:
+    """Each image's estimated bits per pixel; in a mosaic every image gets its mosaic's (the rate is shared)."""
+    bits = bits_per_image(likelihoods).float() / (pixels * m * m)
+    return bits.repeat_interleave(m * m)[:count] if m > 1 else bits
 
 
 def _tag(q: float) -> str:

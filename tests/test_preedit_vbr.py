@@ -144,6 +144,7 @@ def test_evaluate_loads_a_variable_rate_run_once_and_writes_one_row_per_rate(tmp
         "rates=[1.0e-5,'q=0.5',0.0032]",
         f"paths.output_dir={tmp_path}",
         "few_shot_groups=0",
+        "mosaic=4",  # as experiment=mini_p2 trained and validated it
         "wandb=false",
         "anchors.jpeg=[]",
         "anchors.webp=[]",
@@ -158,3 +159,39 @@ def test_evaluate_loads_a_variable_rate_run_once_and_writes_one_row_per_rate(tmp
     assert abs(rows[0]["lmbda"] - 1e-5) < 1e-12 and abs(rows[2]["lmbda"] - 0.0032) < 1e-12
     assert all(r["bpp"] > r["bpp_est"] > 0 for r in rows)  # real bytes: the estimate plus the container
     assert any(r["method"] == "uncompressed" for r in results["rows"])
+
+
+def test_a_fixed_rate_model_is_validated_and_selected_at_its_own_rate_only(tmp_path):
+    """It used to keep val_q = [0, 0.5, 1]: its checkpoint was selected mostly by rates it never trained at."""
+    dm, module = _module(tmp_path, "scenario.fixed_rate=0.0001")
+    q = module.ladder.q(0.0001)
+    assert module.val_q == [q] and module.eval_q == q
+    trainer = fit(module, dm, epochs=1, limit_train_batches=1, limit_val_batches=1)
+    validated = {k for k in trainer.callback_metrics if k.startswith("val/top1_q")}
+    assert validated == {f"val/top1_q{q:g}".replace(".", "_")}
+
+
+def test_the_validation_objective_weighs_every_rate_by_its_relative_change(tmp_path):
+    """val/objective = mean over the rates of log(objective): a 10 % gain at the lowest rate counts as much as one
+    at the highest, although the raw objectives are far apart."""
+    dm, module = _module(tmp_path)
+    trainer = fit(module, dm, epochs=1, limit_train_batches=1, limit_val_batches=1)
+    per_rate = [float(trainer.callback_metrics[f"val/objective_q{q:g}".replace(".", "_")]) for q in module.val_q]
+    expected = sum(torch.log(torch.tensor(v)) for v in per_rate) / len(per_rate)
+    assert float(trainer.callback_metrics["val/objective"]) == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_mosaics_in_training_validation_and_test_one_protocol(tmp_path):
+    """scenario.mosaic=4: every step codes 4x4 mosaics (the rate over the mosaic's pixels, every other term per
+    image); evaluation with another mosaic is refused."""
+    dm, module = _module(tmp_path, "scenario.mosaic=4", "data.batch_size=16")
+    x = torch.rand(16, 3, 32, 32)
+    module.eval()
+    with torch.no_grad():
+        x_edit, x_hat, lik, pixels = module.code(x, 0.5)
+    assert pixels == 128 * 128 and x_hat.shape == x.shape and lik["y"].shape[0] == 1  # one 128x128 mosaic
+    from latentbridge.core.mosaic import tile, untile
+
+    with torch.no_grad():
+        y_hat, _ = module.codec.latent(tile(module.edge(x, 0.5), 4)[0], module.ladder.gain(0.5))
+        assert torch.equal(untile(module.codec.model.g_s(y_hat), 4, 16), x_hat)

@@ -72,9 +72,11 @@ class TokenRateLoss(nn.Module):
         lmbda: float,
         tokens_hat: Tensor | None = None,
         tokens: Tensor | None = None,
+        coded_pixels: int | None = None,
     ) -> TokenRateLossOutput:
-        """x: original, x_edit: pre-edited, x_hat: decoded ([0, 1], same size); tokens of x_hat and of x (target)."""
-        rate = bits_per_pixel(likelihoods, x.shape[-2] * x.shape[-1])
+        """x: original, x_edit: pre-edited, x_hat: decoded ([0, 1], same size); tokens of x_hat and of x (target);
+        ``coded_pixels``: the pixels of one coded picture (a mosaic's; default: one image's)."""
+        rate = bits_per_pixel(likelihoods, coded_pixels or x.shape[-2] * x.shape[-1])
         mse = F.mse_loss(x_hat, x)
         if self.distortion_target == "edited":
             mse = F.mse_loss(x_hat, x_edit) + F.mse_loss(x_edit, x)

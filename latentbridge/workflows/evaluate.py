@@ -95,13 +95,16 @@ def evaluate_rate_point(run: FinishedRun, datamodule: Any, cfg: DictConfig, q: f
     if q is not None:
         run.module.eval_q = q
     mosaic = int(cfg.get("mosaic") or 1)
-    if mosaic > 1:
-        if not hasattr(run.module, "mosaic"):
-            raise ConfigError(
-                f"mosaic: {mosaic} needs a pixel-path run (paper 2); {run.module.scenario_name}'s neck reads a fixed "
-                "latent grid"
-            )
-        run.module.mosaic = mosaic
+    if mosaic > 1 and not hasattr(run.module, "mosaic"):
+        raise ConfigError(
+            f"mosaic: {mosaic} needs a pixel-path run (paper 2); {run.module.scenario_name}'s neck reads a fixed "
+            "latent grid"
+        )
+    if hasattr(run.module, "mosaic") and run.module.mosaic != mosaic:  # one protocol: as trained and validated
+        raise ConfigError(
+            f"mosaic: {mosaic}, but {run.dir} was trained and validated on {run.module.mosaic}x{run.module.mosaic} "
+            f"mosaics (scenario.mosaic); evaluate it with mosaic={run.module.mosaic}"
+        )
     run.module.configure_evaluation(int(cfg.few_shot_groups or 0), int(cfg.seed))
     tester(cfg).test(run.module, datamodule=datamodule, verbose=False)
     return run.module.test_results
