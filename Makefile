@@ -3,7 +3,7 @@ PY ?= .venv/bin/python
 PIP ?= .venv/bin/pip
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install system-deps train reproduce-mini reproduce-mini-p2 test test-slow test-gpu test-all lint format clean
+.PHONY: install system-deps train prepare reproduce-mini reproduce-mini-p2 test test-slow test-gpu test-all lint format clean
 
 system-deps:  ## Debian packages: the mini dataset (needs root; skipped when already installed)
 	@if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then \
@@ -15,8 +15,11 @@ install: system-deps  ## venv + pinned dependencies (offline on the dev machine)
 	$(PIP) install -q -c constraints.txt torch torchvision
 	$(PIP) install -q -c constraints.txt -e ".[train,eval,mllm,slurm,serve,dev]"
 
-train:  ## the main job: d1 on the offline mini setup (prepares and caches the mini teacher and codec once)
+train:  ## the main job: d1 on the offline mini setup (the mini teacher and codec: shipped in assets/mini)
 	$(PY) train.py $(ARGS)
+
+prepare:  ## rebuild the shipped mini teacher and codec (assets/mini) from their recipes and check them (~35 min)
+	$(PY) scripts/prepare_mini.py $(ARGS)
 
 reproduce-mini:  ## paper 1's Fig. 3, 4, 6(a, b) on the mini setup: 24 runs, evaluation, plots, findings (~1 h)
 	$(PY) reproduce.py plan=mini $(ARGS)

@@ -200,7 +200,8 @@ def test_no_rank_of_a_multi_process_launch_trains_a_missing_teacher_or_codec(tmp
     from latentbridge.workflows.train import prepare_dependencies
 
     monkeypatch.setenv("SLURM_NTASKS", "2")
-    with hydra_cfg(["experiment=mini_d1"], tmp_path) as cfg, pytest.raises(ConfigError) as err:
+    overrides = ["experiment=mini_d1", "use_shipped_assets=false"]
+    with hydra_cfg(overrides, tmp_path) as cfg, pytest.raises(ConfigError) as err:
         prepare_dependencies(cfg)
     assert "is missing and this is one of 2 processes launched together" in str(err.value)
     assert str(err.value).split(":")[0] in ("codec.checkpoint", "vision.checkpoint")

@@ -39,25 +39,30 @@ def validate_names(cfg: DictConfig) -> None:
 
 
 def prepare_dependencies(cfg: DictConfig) -> None:
-    """Train and cache the components the scenario uses whose checkpoint is missing and that have a recipe."""
+    """Train and cache the components the scenario uses whose checkpoint is missing and that have a recipe (or copy the
+    shipped asset built by that recipe: ``use_shipped_assets``, :mod:`latentbridge.workflows.assets`)."""
     from hydra import compose
 
     from latentbridge.core.lease_lock import LeaseLock
+    from latentbridge.workflows.assets import take_shipped
 
     for key in scenario_uses(cfg):
         node = cfg[key]
         ckpt, recipe = node.get("checkpoint"), node.get("prepare")
         if not ckpt or not recipe or Path(ckpt).is_file():
             continue
-        if launched_ranks() > 1:
-            raise ConfigError(
-                f"{key}.checkpoint: {ckpt} is missing and this is one of {launched_ranks()} processes launched "
-                "together; prepare it first in one process (latentbridge-reproduce's prepare job, or make train)"
-            )
         Path(ckpt).parent.mkdir(parents=True, exist_ok=True)
         with LeaseLock(f"{ckpt}.lock"):
             if Path(ckpt).is_file():  # another process prepared it meanwhile
                 continue
+            if cfg.get("use_shipped_assets", True) and take_shipped(ckpt, cfg.paths.cache_dir, list(recipe)):
+                log.info("%s.checkpoint %s: the shipped asset built by %s (assets/mini)", key, ckpt, list(recipe))
+                continue
+            if launched_ranks() > 1:
+                raise ConfigError(
+                    f"{key}.checkpoint: {ckpt} is missing and this is one of {launched_ranks()} processes launched "
+                    "together; prepare it first in one process (latentbridge-reproduce's prepare job, or make train)"
+                )
             log.info("%s.checkpoint %s is missing: preparing it with %s", key, ckpt, list(recipe))
             sub = compose(
                 config_name="train",
