@@ -183,3 +183,19 @@ def test_cpu_jobs_ask_for_no_gpus_srun_gets_the_cpus_and_jobs_run_the_configured
     assert "--gpus-per-node" not in report and "#SBATCH --gpus-per-node=1" in train  # the report asks for 0 GPUs
     assert "export SRUN_CPUS_PER_TASK=${SLURM_CPUS_PER_TASK}" in train
     assert "/shared/venv/bin/python -u -m submitit.core._submit" in train
+
+
+def test_launcher_slurm_without_slurm_is_one_line_and_dry_run_still_works(tmp_path, monkeypatch, capsys):
+    """Off a SLURM login node (no sbatch / srun / sacct on PATH): one line naming what is missing, nothing recorded;
+    --dry-run still prints the jobs."""
+    from latentbridge.core.errors import ConfigError
+
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    cfg = _compose(tmp_path, "plan=tiny", "only=[d1]", "launcher=slurm", "launcher.partition=gpu")
+    with pytest.raises(ConfigError) as err:
+        _launch(cfg)
+    message = str(err.value)
+    assert message.startswith("launcher: slurm, but sbatch, srun, sacct not on PATH") and "\n" not in message
+    assert not (tmp_path / "out" / "jobs").exists()
+    cfg = _compose(tmp_path, "plan=tiny", "only=[d1]", "launcher=slurm", "launcher.partition=gpu", "dry_run=true")
+    assert len(_launch(cfg)["jobs"]) == 6

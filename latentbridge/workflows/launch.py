@@ -77,6 +77,15 @@ def check_launcher(cfg: DictConfig) -> None:
     if launcher.name != "local":
         for job in job_graph(cfg):
             resources(cfg, job)
+    if launcher.get("cluster") == "slurm" and not cfg.get("dry_run"):
+        import shutil
+
+        missing = [tool for tool in ("sbatch", "srun", "sacct") if shutil.which(tool) is None]
+        if missing:
+            raise ConfigError(
+                f"launcher: slurm, but {', '.join(missing)} not on PATH (not a SLURM login node?); --dry-run shows "
+                "the jobs anywhere, launcher=local runs them here"
+            )
 
 
 def executor_parameters(cfg: DictConfig, job: Job, after: list[str]) -> dict[str, Any]:
