@@ -29,7 +29,6 @@ def within(metric: str, new: float, shipped: float) -> bool:
 
 
 def main(argv: list[str]) -> int:
-    sys.path.insert(0, str(ROOT))
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", action="append", help="a manifest path (default: every shipped asset)")
     parser.add_argument("--ship", action="store_true", help="replace the shipped files with the rebuilds")

@@ -133,6 +133,7 @@ def _cli(*args):
     )
 
 
+@pytest.mark.slow  # minutes on 2 cores; make test-slow (CI runs it)
 def test_cli_encodes_and_decodes_awkward_images_and_refuses_bad_files(tmp_path):
     codec = _codec("mini")
     ckpt = tmp_path / "codec.pt"

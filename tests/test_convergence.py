@@ -38,6 +38,7 @@ def test_a_run_stops_when_converged_and_records_its_curve(tmp_path):
     assert saved and saved == conv["history"][: len(saved)]  # a resumed run judges the whole curve
 
 
+@pytest.mark.slow  # minutes on 2 cores; make test-slow (CI runs it)
 def test_min_epochs_and_the_cap(tmp_path):
     with hydra_cfg([*RULE, "trainer.max_epochs=6", "callbacks.convergence.min_delta=1.0",
                     "callbacks.convergence.min_epochs=6"], tmp_path / "a") as cfg:  # fmt: skip

@@ -171,6 +171,7 @@ def test_evaluation_with_two_ddp_processes_gives_the_single_process_rows(tmp_pat
     assert [r["images"] for r in rows[2]] == [50, 50, 50, 50]
 
 
+@pytest.mark.slow  # minutes on 2 cores; make test-slow (CI runs it)
 def test_the_diagnostic_scripts_run_on_a_finished_run(tmp_path):
     """scripts/path_fidelity.py (each path's distance to C(x), test and train split) and scripts/benchmark_server.py
     (neck vs Reconstruction path per request) run as a user runs them."""

@@ -40,6 +40,7 @@ def _run(cfg):
         return reproduce.reproduce(cfg)
 
 
+@pytest.mark.slow  # minutes on 2 cores; make test-slow (CI runs it)
 def test_phase2_follows_phase1_and_a_rerun_keeps_finished_runs_and_resumes_the_rest(tmp_path, caplog):
     cfg = _cfg(tmp_path, "only=[d1,d2]")
     results = _run(cfg)

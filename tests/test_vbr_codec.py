@@ -156,6 +156,7 @@ def _cli(*args):
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow  # minutes on 2 cores; make test-slow (CI runs it)
 def test_cli_roundtrip_at_three_rates_and_one_line_errors(tmp_path):
     from PIL import Image
 
