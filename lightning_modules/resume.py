@@ -90,6 +90,7 @@ class ExactResume(Callback):
         self.every = max(1, int(check_every_n_steps))
         self._flag = False
         self._previous: dict[int, Any] = {}
+        self._before_fit: dict[int, Any] = {}
         self._rng_to_restore: Any = None
 
     # -- state in the checkpoint: every rank's RNG states ---------------------------------------------------
@@ -148,12 +149,23 @@ class ExactResume(Callback):
         """Our handlers replace Lightning's for the fit (it registers them after the callbacks' ``setup``, so this runs
         at train start): its SIGTERM path stops without a checkpoint, and submitit's would requeue without one."""
         if threading.current_thread() is threading.main_thread() and not self._previous:
-            self._previous = {sig: signal.signal(sig, self._on_signal) for sig in self.signals}
+            self._previous = {sig: signal.getsignal(sig) for sig in self.signals}
+            for sig in self.signals:
+                signal.signal(sig, self._on_signal)
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        # the handlers before this fit, captured before Lightning registers its own (they are what a fit leaves)
+        if threading.current_thread() is threading.main_thread():
+            self._before_fit = {sig: signal.getsignal(sig) for sig in self.signals}
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if stage == "fit":
-            for sig, previous in self._previous.items():
-                signal.signal(sig, previous)
+        """Lightning's own teardown (which runs first) has put back the handlers from before the fit; ours are replaced
+        only where they are still installed, by those same handlers — never by Lightning's, whose closure would keep
+        the finished trainer and its model alive and send a later SIGTERM to it instead of ending the process."""
+        if stage == "fit" and threading.current_thread() is threading.main_thread():
+            for sig in self._previous:
+                if signal.getsignal(sig) == self._on_signal:
+                    signal.signal(sig, self._before_fit.get(sig, signal.SIG_DFL))
             self._previous = {}
 
     def _on_signal(self, signum: int, frame: Any) -> None:

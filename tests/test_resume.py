@@ -157,3 +157,32 @@ def test_resume_never_starts_a_rerun_from_scratch(tmp_path):
         train_run(cfg)
     with hydra_cfg([*CODEC, "trainer.max_epochs=1", "resume=never"], tmp_path) as cfg:
         assert train_run(cfg)["steps"] == 8
+
+
+def test_a_finished_fit_leaves_the_signal_handlers_it_found_and_frees_its_model(tmp_path):
+    """Lightning restores its handlers before the callbacks' teardown; ours used to put Lightning's back afterwards:
+    SIGTERM then went to the finished trainer (the process no longer ended on it) and its closure kept the model
+    alive — every run of a Hydra sweep or a test session added its model (the slow suite was OOM-killed)."""
+    import gc
+    import signal
+    import weakref
+
+    import lightning as L
+
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGUSR2)}
+    modules = []
+    original = L.LightningModule.setup
+
+    def record(self, stage):  # noqa: ANN001, ANN202
+        modules.append(weakref.ref(self))
+        return original(self, stage)
+
+    L.LightningModule.setup = record
+    try:
+        with hydra_cfg([*CODEC, "trainer.max_epochs=1"], tmp_path) as cfg:
+            train_run(cfg)
+    finally:
+        L.LightningModule.setup = original
+    assert {sig: signal.getsignal(sig) for sig in before} == before
+    gc.collect()
+    assert modules and all(m() is None for m in modules), "the finished run's model is still referenced"
