@@ -83,6 +83,7 @@ def test_the_whole_tiny_plan_gives_every_figure_and_a_verdict_on_every_finding(t
         "fig6a_skipped_blocks",
         "fig6b_training_objective",
         "token_distillation",  # beyond the paper: the token-distillation ablation row
+        "validation_curves",  # every run's validation curve (the convergence rule's record)
     }
     assert all((tmp_path / "out" / f"{name}.png").stat().st_size > 1000 for name in results["plots"])
     verdicts = {f["id"]: f["holds"] for f in results["findings"]}
