@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import stat
 
 import pytest
 from helpers.config import CONF, ROOT
@@ -90,39 +89,6 @@ def test_a_two_node_training_composes_ddp_over_both_nodes_with_one_slurm_task_pe
         train = compose("train", overrides=run_overrides(cfg, "d1", 0.004))
     assert (train.trainer.num_nodes, train.trainer.devices, train.trainer.accelerator) == (2, 8, "gpu")
     assert train.trainer.strategy._target_.endswith("DDPStrategy") and train.run_group == "reproduce-paper"
-
-
-@pytest.fixture
-def fake_slurm(tmp_path, monkeypatch):
-    """sbatch / srun / sacct stand-ins: sbatch keeps each script and numbers the jobs, sacct reports the states
-    written in ``states.json`` (PENDING when absent)."""
-    bin_dir, spool = tmp_path / "bin", tmp_path / "spool"
-    bin_dir.mkdir()
-    spool.mkdir()
-    scripts = {
-        "sbatch": f"""#!/usr/bin/env python3
-import pathlib, shutil, sys
-spool = pathlib.Path({str(spool)!r})
-n = len(list(spool.glob('job-*.sh'))) + 101
-shutil.copy(sys.argv[-1], spool / f'job-{{n}}.sh')
-print(f'Submitted batch job {{n}}')
-""",
-        "sacct": f"""#!/usr/bin/env python3
-import json, pathlib, sys
-f = pathlib.Path({str(spool)!r}) / 'states.json'
-states = json.loads(f.read_text()) if f.exists() else {{}}
-ids = [sys.argv[i + 1] for i, a in enumerate(sys.argv) if a == '-j']
-print('JobID|State|NodeList')
-for i in ids:
-    print(f"{{i}}|{{states.get(i, 'PENDING')}}|node1")
-""",
-        "srun": "#!/bin/sh\nexit 0\n",
-    }
-    for name, text in scripts.items():
-        (bin_dir / name).write_text(text)
-        (bin_dir / name).chmod(0o755 | stat.S_IEXEC)
-    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-    return spool
 
 
 def test_slurm_gets_the_graph_as_dependent_jobs_and_a_rerun_never_duplicates_a_queued_one(tmp_path, fake_slurm):

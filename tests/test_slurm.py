@@ -7,10 +7,8 @@ failing; CPU-only jobs ask for no GPUs; srun gets the job's CPUs; jobs run the c
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
-import stat
 
 import pytest
 from helpers.config import CONF
@@ -38,54 +36,11 @@ def _launch(cfg):
         return ln.launch(cfg)
 
 
-@pytest.fixture
-def slurm(tmp_path, monkeypatch):
-    """sbatch numbers jobs and keeps their scripts; sacct answers the states in ``states.json`` (PENDING when
-    absent, may be UNKNOWN); ``scontrol requeue <id>`` puts that id back to PENDING, as SLURM does."""
-    bin_dir, spool = tmp_path / "bin", tmp_path / "spool"
-    bin_dir.mkdir()
-    spool.mkdir()
-    states = spool / "states.json"
-    scripts = {
-        "sbatch": f"""#!/usr/bin/env python3
-import pathlib, shutil, sys
-spool = pathlib.Path({str(spool)!r})
-n = len(list(spool.glob('job-*.sh'))) + 101
-shutil.copy(sys.argv[-1], spool / f'job-{{n}}.sh')
-print(f'Submitted batch job {{n}}')
-""",
-        "sacct": f"""#!/usr/bin/env python3
-import json, pathlib, sys
-f = pathlib.Path({str(states)!r})
-states = json.loads(f.read_text()) if f.exists() else {{}}
-ids = [sys.argv[i + 1] for i, a in enumerate(sys.argv) if a == '-j']
-print('JobID|State|NodeList')
-for i in ids:
-    for j in i.split(','):
-        print(f"{{j}}|{{states.get(j, 'PENDING')}}|node1")
-""",
-        "scontrol": f"""#!/usr/bin/env python3
-import json, pathlib, sys
-f = pathlib.Path({str(states)!r})
-states = json.loads(f.read_text()) if f.exists() else {{}}
-if sys.argv[1] == 'requeue':
-    states[sys.argv[2]] = 'PENDING'
-    f.write_text(json.dumps(states))
-""",
-        "srun": "#!/bin/sh\nexit 0\n",
-    }
-    for name, text in scripts.items():
-        (bin_dir / name).write_text(text)
-        (bin_dir / name).chmod(0o755 | stat.S_IEXEC)
-    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-    return spool
-
-
 def _scripts(spool):
     return {str(int(p.stem.split("-")[1])): p.read_text() for p in spool.glob("job-*.sh")}
 
 
-def test_each_job_waits_for_exactly_what_the_dry_run_shows(tmp_path, slurm, capsys):
+def test_each_job_waits_for_exactly_what_the_dry_run_shows(tmp_path, fake_slurm, capsys):
     """submitit's update_parameters merges into its executor: post_processing's trainings (no dependency) used to
     inherit the dependency of the d2 training submitted before them."""
     only = ["plan=tiny", "only=[d1,d2,post_processing]", "launcher=slurm", "launcher.partition=gpu"]
@@ -96,7 +51,7 @@ def test_each_job_waits_for_exactly_what_the_dry_run_shows(tmp_path, slurm, caps
         name = line.split()[0]
         shown[name] = re.findall(r"(?:afterok|afterany): (.*)$", line.strip())
     ids = _launch(_compose(tmp_path, *only))["jobs"]
-    scripts = _scripts(slurm)
+    scripts = _scripts(fake_slurm)
     graph = {j.name: j for j in job_graph(cfg)}
     for name, job_id in ids.items():
         found = re.findall(r"#SBATCH --dependency=(\S+)", scripts[job_id])
@@ -110,7 +65,7 @@ def test_each_job_waits_for_exactly_what_the_dry_run_shows(tmp_path, slurm, caps
     assert "--dependency" not in scripts[ids["train/post_processing/lambda0.0018"]]
 
 
-def test_a_requeued_job_is_recorded_requeued_and_never_submitted_twice(tmp_path, slurm):
+def test_a_requeued_job_is_recorded_requeued_and_never_submitted_twice(tmp_path, fake_slurm):
     cfg = _compose(tmp_path, "plan=tiny", "only=[d1]", "launcher=slurm", "launcher.partition=gpu")
     first = _launch(cfg)["jobs"]
     records = JobRecords(tmp_path / "out")
@@ -140,10 +95,10 @@ def test_a_requeued_job_is_recorded_requeued_and_never_submitted_twice(tmp_path,
     records.update(other, state="FAILED", error="killed")
     states[first[other]] = "REQUEUED"
     states[first["evaluate/d1/lambda0.0035"]] = "UNKNOWN"
-    (slurm / "states.json").write_text(json.dumps(states))
+    (fake_slurm / "states.json").write_text(json.dumps(states))
     again = _launch(cfg)["jobs"]
     assert again == first  # nothing submitted a second time
-    assert len(_scripts(slurm)) == len(first)
+    assert len(_scripts(fake_slurm)) == len(first)
 
 
 def test_the_warning_signal_outside_fit_requeues_the_job_instead_of_failing_it(tmp_path, monkeypatch):
@@ -174,11 +129,11 @@ def test_the_warning_signal_outside_fit_requeues_the_job_instead_of_failing_it(t
     assert JobRecords(tmp_path / "out").read()["evaluate/d1/lambda0.0018"]["state"] == "REQUEUED"
 
 
-def test_cpu_jobs_ask_for_no_gpus_srun_gets_the_cpus_and_jobs_run_the_configured_python(tmp_path, slurm):
+def test_cpu_jobs_ask_for_no_gpus_srun_gets_the_cpus_and_jobs_run_the_configured_python(tmp_path, fake_slurm):
     cfg = _compose(tmp_path, "plan=tiny", "only=[d1]", "launcher=slurm", "launcher.partition=cpu",
                    "launcher.python=/shared/venv/bin/python")  # fmt: skip
     ids = _launch(cfg)["jobs"]
-    scripts = _scripts(slurm)
+    scripts = _scripts(fake_slurm)
     train, report = scripts[ids["train/d1/lambda0.0018"]], scripts[ids["report"]]
     assert "--gpus-per-node" not in report and "#SBATCH --gpus-per-node=1" in train  # the report asks for 0 GPUs
     assert "export SRUN_CPUS_PER_TASK=${SLURM_CPUS_PER_TASK}" in train
