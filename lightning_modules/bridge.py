@@ -77,8 +77,7 @@ class BridgeModule(NetAuxOptimization):
         compile: bool = False,
     ) -> None:
         super().__init__()
-        if not 0 <= skip_blocks < vision.num_blocks:
-            raise ConfigError(f"scenario.skip_blocks: {skip_blocks} not in [0, {vision.num_blocks}) for {vision.name}")
+        entry = vision.insertion(skip_blocks)  # what enters block k (one-line error for a k the encoder lacks)
         if image_size % codec.pad_multiple:
             raise ConfigError(f"data.image_size: {image_size} is not a multiple of {codec.pad_multiple}")
         if not isinstance(loss, self.loss_types):
@@ -94,8 +93,21 @@ class BridgeModule(NetAuxOptimization):
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.clip_max_norm = float(clip_max_norm)
         grid = image_size // codec.stride
+        if neck is not None and entry.layout == "feature_map" and (grid, grid) != tuple(entry.grid_size):
+            raise ConfigError(
+                f"data.image_size: {image_size} gives {codec.name}'s latent a {grid}x{grid} grid, but block "
+                f"{skip_blocks} of {vision.name} takes a {entry.grid_size[0]}x{entry.grid_size[1]} feature map "
+                "(change data.image_size, vision.image_size or scenario.skip_blocks)"
+            )
         self.neck = (
-            neck(in_channels=codec.latent_channels, width=vision.width, heads=vision.heads, grid_size=grid)
+            neck(
+                in_channels=codec.latent_channels,
+                width=entry.width,
+                heads=entry.heads,
+                grid_size=grid,
+                class_token=entry.class_token,
+                layout=entry.layout,
+            )  # fmt: skip
             if neck is not None
             else None
         )

@@ -14,6 +14,7 @@ from latentbridge.workflows.train import run as train_run
 PHASE2 = ("mini_d2", "mini_d3", "paper_d2", "paper_d3")
 MINI = [
     "mini_d1",
+    "mini_d1_convnext",
     "mini_d2",
     "mini_d3",
     "mini_post_processing",
@@ -24,6 +25,7 @@ MINI = [
 ]
 PAPER = ["paper_d1", "paper_d1_llava", "paper_d2", "paper_d3", "paper_post_processing", "paper_codec"]
 PAPER += ["paper_codec_vbr", "paper_p2_llava"]
+PAPER += ["paper_d1_convnext", "paper_d2_convnext", "paper_d3_convnext", "paper_d1_siglip"]  # paper 4.6
 LLAVA_TOWER = (  # LLaVA-1.5's tower geometry (24 blocks, 1024 wide, patch 14 at 336), random weights
     "vision.config={vision_config:{hidden_size:1024,intermediate_size:4096,num_hidden_layers:24,"
     "num_attention_heads:16,image_size:336,patch_size:14},projection_dim:768}"
@@ -33,7 +35,7 @@ LLAVA_TOWER = (  # LLaVA-1.5's tower geometry (24 blocks, 1024 wide, patch 14 at
 def _one_step(experiment: str, tmp_path, *extra: str) -> dict:
     tiny = TINY if experiment.startswith("mini_") else TINY_D1  # the mini presets set subsets; reset them
     overrides = [f"experiment={experiment}", *tiny, "trainer.fast_dev_run=1", "data.batch_size=16", *extra]
-    if experiment in PHASE2:
+    if experiment.startswith(PHASE2):
         overrides.append("scenario.init_from=null")  # phase 2 from a random neck: the mechanics, not the result
     with hydra_cfg(overrides, tmp_path) as cfg:
         results = train_run(cfg)
@@ -59,12 +61,27 @@ def test_a_run_that_takes_no_training_step_is_an_error_naming_the_batch_size(tmp
             train_run(cfg)
 
 
+def _offline_tokenizer(path, vocab_size: int) -> str:
+    """A Hugging Face tokenizer directory that needs no download (word-level, ``vocab_size`` ids)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<unk>": 0, "</s>": 1, **{f"w{i}": i for i in range(2, vocab_size)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", eos_token="</s>", pad_token="</s>")
+    fast.save_pretrained(path)
+    return str(path)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("experiment", PAPER)
 def test_every_paper_preset_runs_one_step_at_its_real_size(experiment, tmp_path):
     llava = experiment in ("paper_d1_llava", "paper_p2_llava")
-    size = 384 if llava else 256  # the preset's own input size (24x24 or 16x16 grid)
+    size = 384 if llava or "siglip" in experiment else 320 if "convnext" in experiment else 256  # the preset's own
     extra = ["codec.checkpoint=null", "trainer=cpu", "data.batch_size=1", "data.eval_batch_size=1"]
+    if "siglip" in experiment:  # its tokenizer downloads from the hub: an offline word-level one of its vocabulary
+        extra.append(f"vision.tokenizer={_offline_tokenizer(tmp_path / 'tokenizer', 32000)}")
     extra += [f"data.image_size={size}", f"data.raw_size={size}"]
     if llava:
         extra.append(LLAVA_TOWER)

@@ -23,7 +23,8 @@ from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from torch import Tensor, nn
 
 from latentbridge.core.errors import CheckpointError, ConfigError
-from latentbridge.vision.open_clip_encoder import Geometry, VisionEncoder
+from latentbridge.vision.insertion import Geometry
+from latentbridge.vision.open_clip_encoder import VisionEncoder
 
 
 class HFVisionEncoder(VisionEncoder):

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import open_clip
 import torch
@@ -24,20 +24,11 @@ from torch import Tensor, nn
 from latentbridge.core.atomic_io import read_checkpoint
 from latentbridge.core.digest import state_digest
 from latentbridge.core.errors import CheckpointError, ConfigError
+from latentbridge.vision.insertion import Geometry, Insertion
 
 TEACHER_FORMAT = "latentbridge-clip/1"
 PIPELINES = ("clip", "reference")
 _CLASS_EMBEDDINGS: dict[tuple, Tensor] = {}  # class_embeddings of frozen text towers, per process
-
-
-class Geometry(NamedTuple):
-    """The tower's shape, as the transform-neck and the checks need it."""
-
-    width: int  # token width
-    heads: int  # attention heads per block
-    num_blocks: int  # transformer blocks
-    grid_size: tuple[int, int]  # patch grid
-    embed_dim: int  # projected embedding
 
 
 class VisionEncoder(nn.Module):
@@ -85,6 +76,13 @@ class VisionEncoder(nn.Module):
             tuple(v.grid_size),
             int(v.proj.shape[-1]),
         )
+
+    def insertion(self, start: int) -> Insertion:
+        """What enters block ``start``: the ViT's tokens, class token first (``insertion.py``)."""
+        g = self.geometry()
+        if not 0 <= start < g.num_blocks:
+            raise ConfigError(f"scenario.skip_blocks: {start} not in [0, {g.num_blocks}) for {self.name}")
+        return Insertion("tokens", g.width, g.grid_size, g.heads, class_token=True)
 
     width = property(lambda self: self.geometry().width)
     heads = property(lambda self: self.geometry().heads)
@@ -179,6 +177,20 @@ def build_vision_encoder(
     architecture ``arch`` (``open_clip.CLIP(**arch)``; the mini teacher) loaded from ``checkpoint``. A model whose
     activation is not the one its pretrained tag was trained with is refused (OpenAI's weights need QuickGELU:
     ``ViT-L-14-quickgelu``; open_clip itself only warns)."""
+    clip, tokenizer = create_clip(model_name, pretrained, arch, checkpoint)
+    return VisionEncoder(clip, tokenizer, image_size, mean, std, name=model_name, pipeline=pipeline)
+
+
+def create_clip(
+    model_name: str,
+    pretrained: str | None = None,
+    arch: dict[str, Any] | None = None,
+    checkpoint: str | None = None,
+    tokenizer: str | None = None,
+) -> tuple[Any, Any]:
+    """(open_clip model in eval mode, its tokenizer): by name (``pretrained``: a tag or a local file), or ``arch``
+    (``open_clip.CLIP(**arch)``; the mini teachers) loaded from ``checkpoint``. Shared by every open_clip tower.
+    ``tokenizer``: a Hugging Face tokenizer (hub id or local directory) instead of the model's own."""
     if arch is not None:
         arch = to_plain(arch)
         clip = open_clip.CLIP(**arch)
@@ -199,9 +211,25 @@ def build_vision_encoder(
                 f"vision.pretrained: could not load '{pretrained}' weights for {model_name} ({type(e).__name__}: "
                 f"{msg[:200]}); offline? point vision.pretrained at a local file"
             ) from None
-        tokenizer = open_clip.get_tokenizer(model_name)
+        try:
+            own = tokenizer is None
+            tokenizer = open_clip.get_tokenizer(model_name) if own else hf_tokenizer(model_name, tokenizer)
+        except Exception as e:  # Hugging Face tokenizers (SigLIP's) download on first use
+            msg = str(e).splitlines()[0] if str(e) else ""
+            raise CheckpointError(
+                f"vision.model_name: could not load {model_name}'s tokenizer ({type(e).__name__}: {msg[:200]}); "
+                "offline? it downloads once from the Hugging Face hub"
+            ) from None
     clip.eval()
-    return VisionEncoder(clip, tokenizer, image_size, mean, std, name=model_name, pipeline=pipeline)
+    return clip, tokenizer
+
+
+def hf_tokenizer(model_name: str, name_or_dir: str) -> Any:
+    """open_clip's wrapper of a Hugging Face tokenizer at ``model_name``'s context length and text options."""
+    text_cfg = (open_clip.get_model_config(model_name) or {}).get("text_cfg", {})
+    return open_clip.tokenizer.HFTokenizer(
+        name_or_dir, context_length=text_cfg.get("context_length", 77), **text_cfg.get("tokenizer_kwargs", {})
+    )
 
 
 def check_activation(model_name: str, pretrained: str | None) -> None:
