@@ -264,3 +264,23 @@ def test_decoding_in_worker_processes_serves_the_same_features_and_refusals(serv
         with torch.no_grad():
             assert torch.equal(_features(response), routes.neck(service.parts["neck"], y_hat))
     assert refused.status_code == 400 and "takes exactly 32x32 images" in refused.json()["error"]
+
+
+def test_a_neck_for_a_convnext_tower_is_served_like_the_vit_one(tmp_path):
+    """Paper 4.6: a run whose encoder is a CNN (the neck emits block k's feature map) behind the same server."""
+    from fastapi.testclient import TestClient
+
+    from latentbridge.serve.app import create_app
+    from latentbridge.serve.service import Service
+
+    overrides = [*TINY_D1, "experiment=mini_d1_convnext", "data.train_size=32", "data.batch_size=16"]
+    with hydra_cfg(overrides, tmp_path) as cfg:
+        train_run(cfg)
+    service = Service.load(tmp_path / "run", device="cpu", max_pixels=256 * 256)
+    assert service.module.neck.layout == "feature_map"
+    with TestClient(create_app(service, max_request_bytes=64 << 10, max_wait_ms=50.0)) as client:
+        (data,) = _streams(service, 1)
+        got = _features(client.post("/v1/latent", content=data))
+        y_hat, _ = B.decode_latent(service.module.codec, data, service.lmbda)
+        with torch.no_grad():
+            assert torch.equal(got, routes.neck(service.parts["neck"], y_hat))

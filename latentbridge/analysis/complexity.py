@@ -10,6 +10,7 @@ counts, so random initialisation is enough. Writes ``complexity.json`` in the ru
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -41,12 +42,6 @@ def complexity_report(cfg: DictConfig) -> list[ComponentCost]:
         y_hat = module.codec.latent(x).y_hat
     vision = module.vision
     image = vision.preprocess(x)
-    visual = vision.visual
-    patch_params = sum(
-        p.numel()
-        for n, p in visual.named_parameters()
-        if n.split(".")[0] in ("conv1", "class_embedding", "positional_embedding", "ln_pre")
-    )
     rows = []
     if module.neck is not None:
         rows.append(cost("transform-neck", [module.neck], module.neck, y_hat, pixels=pixels))
@@ -55,17 +50,26 @@ def complexity_report(cfg: DictConfig) -> list[ComponentCost]:
     if post is not None:
         rows.append(cost("post-processing network", [post], post.eval(), x, pixels=pixels))
     k = k or 2  # the blocks the neck path skips (Table 3 counts 2)
-    rows.append(
-        cost(
-            "encoder patch embedding + first k blocks",
-            list(visual.transformer.resblocks[:k]),
-            lambda im: vision.run_blocks(vision.embed(im), 0, k),
-            image,
-            pixels=pixels,
-            extra_params=patch_params,
-        )
-    )
+    prefix = lambda im: vision.run_blocks(vision.embed(im), 0, k)  # noqa: E731
+    used = used_parameters(prefix, image, vision.visual)
+    rows.append(cost("encoder patch embedding + first k blocks", [], prefix, image, pixels=pixels, extra_params=used))
     return rows
+
+
+def used_parameters(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, module: torch.nn.Module) -> int:
+    """The parameters of ``module`` that ``fn(x)`` depends on (those its output has a gradient for): the skipped
+    prefix of any encoder (a ViT's patch embedding and first k blocks, a ConvNeXt's stem, blocks and downsamplings)."""
+    params = [p for p in module.parameters()]
+    flags = [p.requires_grad for p in params]
+    try:
+        for p in params:
+            p.requires_grad_(True)
+        with torch.enable_grad():
+            grads = torch.autograd.grad(fn(x).float().sum(), params, allow_unused=True)
+    finally:
+        for p, flag in zip(params, flags):
+            p.requires_grad_(flag)
+    return sum(p.numel() for p, g in zip(params, grads) if g is not None)
 
 
 def edge_and_server(module: torch.nn.Module, x: torch.Tensor) -> list[ComponentCost]:
@@ -86,7 +90,8 @@ def edge_and_server(module: torch.nn.Module, x: torch.Tensor) -> list[ComponentC
 def complexity(cfg: DictConfig) -> list[ComponentCost]:
     """Count, print the table (with the paper's Table 3 beside it for paper presets), write complexity.json."""
     rows = complexity_report(cfg)
-    paper = str(cfg.get("experiment_name") or "").startswith("paper_")
+    # Table 3 beside the presets it describes (ELIC into OpenAI's ViT-L/14), not beside paper 4.6's other encoders
+    paper = str(cfg.get("experiment_name") or "").startswith("paper_") and "ViT-L-14" in str(cfg.vision.model_name)
     where = f"k={cfg.scenario.skip_blocks}" if "skip_blocks" in cfg.scenario else "pixel path"
     table = Table(
         title=f"complexity at {cfg.data.image_size}x{cfg.data.image_size} ({cfg.codec.name}, "
