@@ -112,3 +112,21 @@ def test_a_latent_grid_that_is_not_block_ks_feature_map_is_one_line_naming_both_
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and err.startswith("error: data.image_size: 32 gives mini's latent a 4x4 grid, but block 4")
     assert "2x2 feature map" in err
+
+
+def test_the_complexity_report_counts_a_convnexts_skipped_prefix(tmp_path):
+    """Paper 4.4's rows for an encoder that is not a ViT: block 2 of the mini ConvNeXt is entered after the stem,
+    stage 0 and stage 1's downsampling; those are the parameters the neck path skips."""
+    from helpers.config import TINY, hydra_cfg
+
+    from latentbridge.analysis.complexity import complexity
+
+    with hydra_cfg(["experiment=mini_d1_convnext", *TINY], tmp_path) as cfg:
+        rows = {r.component: r for r in complexity(cfg)}
+    from hydra.utils import instantiate
+
+    trunk = instantiate(cfg.vision).trunk
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    prefix = rows["encoder patch embedding + first k blocks"]
+    assert prefix.params == count(trunk.stem) + count(trunk.stages[0]) + count(trunk.stages[1].downsample)
+    assert prefix.macs > 0 and rows["transform-neck"].params > 0
