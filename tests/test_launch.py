@@ -48,17 +48,18 @@ def test_the_paper_plan_is_a_graph_phase_two_after_phase_one_evaluations_after_r
     cfg = _compose(tmp_path, "plan=paper", *PAPER_VARS, "launcher=slurm", "launcher.partition=gpu", "dry_run=true")
     graph = {j.name: j for j in job_graph(cfg)}
     trainings = [n for n in graph if n.startswith("train/")]
-    assert len(trainings) == 40 and len([n for n in graph if n.startswith("evaluate/")]) == 40
+    assert len(trainings) == 56 and len([n for n in graph if n.startswith("evaluate/")]) == 56  # 14 runs x 4 rates
     assert graph["train/d2/lambda0.008"].after == ("prepare", "train/d1/lambda0.008")
+    assert graph["train/d3_convnext/lambda0.004"].after == ("prepare", "train/d1_convnext/lambda0.004")  # Fig. 8
     assert graph["evaluate/d3/lambda0.032"].after == ("train/d3/lambda0.032",)
     assert set(graph["report"].after) == {n for n in graph if n.startswith("evaluate/")}
     _launch(cfg)
     out = capsys.readouterr().out
-    assert "plan paper: 82 jobs, launcher=slurm" in out
+    assert "plan paper: 114 jobs, launcher=slurm" in out
     line = next(ln for ln in out.splitlines() if ln.strip().startswith("train/d2/lambda0.008"))
     assert "1x8 GPU" in line and "afterok: train/d1/lambda0.008  " in line  # prepare: nothing to do here
     assert "[trainer=ddp trainer.devices=8 trainer.num_nodes=1]" in line
-    assert "afterany: 40 jobs" in next(ln for ln in out.splitlines() if ln.strip().startswith("report"))
+    assert "afterany: 56 jobs" in next(ln for ln in out.splitlines() if ln.strip().startswith("report"))
     assert not (tmp_path / "out" / "jobs").exists()  # a dry run submits and records nothing
 
 

@@ -125,7 +125,7 @@ def test_the_paper_plan_composes_every_run(tmp_path):
                 assert sub.codec.lmbda == lmbda and sub.data.root == "/data/in"
                 assert sub.codec.checkpoint.endswith(f"_lambda{lmbda}.pt")
                 if spec.get("init_from"):
-                    assert sub.scenario.init_from == str(tmp_path / "d1" / f"lambda{lmbda}")
+                    assert sub.scenario.init_from == str(tmp_path / spec.init_from / f"lambda{lmbda}")
                 seen.add(run)
     assert seen == {
         "d1",
@@ -138,6 +138,10 @@ def test_the_paper_plan_composes_every_run(tmp_path):
         "skip4",
         "skip8",
         "d1_hyperprior",
+        "d1_convnext",  # Fig. 8
+        "d2_convnext",
+        "d3_convnext",
+        "d1_siglip",
     }
 
 
