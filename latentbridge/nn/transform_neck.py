@@ -50,18 +50,31 @@ class TransformNeck(nn.Module):
         )
 
     def forward(self, y_hat: Tensor) -> Tensor:
+        self.check_grid(y_hat)
+        return self.output(self.run_blocks(self.embed(y_hat)))
+
+    def check_grid(self, y_hat: Tensor) -> None:
         if tuple(y_hat.shape[-2:]) != self.grid_size:
             raise ValueError(
                 f"transform-neck expects a {self.grid_size[0]}x{self.grid_size[1]} latent grid, got "
                 f"{y_hat.shape[-2]}x{y_hat.shape[-1]} (data.image_size / the codec's stride sets the grid)"
             )
+
+    def embed(self, y_hat: Tensor) -> Tensor:
+        """Projection, class token, positions, ln_pre: the tokens entering the neck's block."""
         x = self.proj(y_hat.flatten(2).transpose(1, 2))  # (B, H*W, width)
         if self.class_embedding is not None:
             cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
             x = torch.cat([cls, x], dim=1)
-        x = self.ln_pre(x + self.positional_embedding.to(x.dtype))
+        return self.ln_pre(x + self.positional_embedding.to(x.dtype))
+
+    def run_blocks(self, x: Tensor) -> Tensor:
         for block in self.blocks:
             x = block(x)
+        return x
+
+    def output(self, x: Tensor) -> Tensor:
+        """Tokens as block k takes them (a feature map for a CNN)."""
         if self.layout == "feature_map":
             return x.transpose(1, 2).reshape(x.shape[0], -1, *self.grid_size)
         return x
