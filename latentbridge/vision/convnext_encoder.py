@@ -12,15 +12,13 @@ convnext_large at 320x320, block 6 opens stage 2 (768 channels, stride 16: 20x20
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
-from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from torch import Tensor, nn
 
 from latentbridge.core.errors import ConfigError
 from latentbridge.vision.insertion import Geometry, Insertion
-from latentbridge.vision.open_clip_encoder import VisionEncoder, create_clip
+from latentbridge.vision.open_clip_encoder import VisionEncoder, build_vision_encoder
 from latentbridge.vision.timm_vit_encoder import projected_dim
 
 HEAD_WIDTH = 64  # channels per attention head of the neck's block for a CNN (CLIP ViTs' own head width)
@@ -78,19 +76,9 @@ class ConvNeXtEncoder(VisionEncoder):
         return self.visual.head(self.trunk.forward_head(self.trunk.norm_pre(tokens)))
 
 
-def build_convnext_encoder(
-    model_name: str,
-    image_size: int,
-    pretrained: str | None = None,
-    arch: dict[str, Any] | None = None,
-    checkpoint: str | None = None,
-    mean: Sequence[float] = OPENAI_DATASET_MEAN,
-    std: Sequence[float] = OPENAI_DATASET_STD,
-    **_: Any,
-) -> ConvNeXtEncoder:
-    """An open_clip model with a timm ConvNeXt image tower (``create_clip``'s arguments)."""
-    clip, tokenizer = create_clip(model_name, pretrained, arch, checkpoint)
-    return ConvNeXtEncoder(clip, tokenizer, image_size, mean, std, name=model_name)
+def build_convnext_encoder(model_name: str, image_size: int, **kwargs: Any) -> ConvNeXtEncoder:
+    """An open_clip model with a timm ConvNeXt image tower (``build_vision_encoder``'s arguments)."""
+    return build_vision_encoder(model_name, image_size, **kwargs, encoder_class=ConvNeXtEncoder)
 
 
 __all__ = ["ConvNeXtEncoder", "build_convnext_encoder"]

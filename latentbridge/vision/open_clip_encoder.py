@@ -171,14 +171,18 @@ def build_vision_encoder(
     mean: Sequence[float] = OPENAI_DATASET_MEAN,
     std: Sequence[float] = OPENAI_DATASET_STD,
     pipeline: str = "clip",
+    tokenizer: str | None = None,
+    encoder_class: type[VisionEncoder] | None = None,
     **_: Any,
 ) -> VisionEncoder:
     """open_clip model by name (``pretrained``: an open_clip tag such as ``openai``, or a local file), or a custom
-    architecture ``arch`` (``open_clip.CLIP(**arch)``; the mini teacher) loaded from ``checkpoint``. A model whose
+    architecture ``arch`` (``open_clip.CLIP(**arch)``; the mini teacher) loaded from ``checkpoint``, behind
+    ``encoder_class`` (default: this ViT interface; ConvNeXt and timm ViT towers pass theirs). A model whose
     activation is not the one its pretrained tag was trained with is refused (OpenAI's weights need QuickGELU:
     ``ViT-L-14-quickgelu``; open_clip itself only warns)."""
-    clip, tokenizer = create_clip(model_name, pretrained, arch, checkpoint)
-    return VisionEncoder(clip, tokenizer, image_size, mean, std, name=model_name, pipeline=pipeline)
+    clip, tokenizer = create_clip(model_name, pretrained, arch, checkpoint, tokenizer)
+    cls = encoder_class or VisionEncoder
+    return cls(clip, tokenizer, image_size, mean, std, name=model_name, pipeline=pipeline)
 
 
 def create_clip(

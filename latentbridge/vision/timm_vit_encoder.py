@@ -9,15 +9,13 @@ C(x) = pool(run_blocks(embed(x))) is open_clip's ``encode_image`` exactly (tests
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
-from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from torch import Tensor, nn
 
 from latentbridge.core.errors import ConfigError
 from latentbridge.vision.insertion import Geometry, Insertion
-from latentbridge.vision.open_clip_encoder import VisionEncoder, create_clip
+from latentbridge.vision.open_clip_encoder import VisionEncoder, build_vision_encoder
 
 
 def projected_dim(head: nn.Module, default: int) -> int:
@@ -68,20 +66,9 @@ class TimmViTEncoder(VisionEncoder):
         return self.visual.head(self.trunk.forward_head(self.trunk.norm(tokens)))
 
 
-def build_timm_vit_encoder(
-    model_name: str,
-    image_size: int,
-    pretrained: str | None = None,
-    arch: dict[str, Any] | None = None,
-    checkpoint: str | None = None,
-    mean: Sequence[float] = OPENAI_DATASET_MEAN,
-    std: Sequence[float] = OPENAI_DATASET_STD,
-    tokenizer: str | None = None,
-    **_: Any,
-) -> TimmViTEncoder:
-    """An open_clip model with a timm ViT image tower (``create_clip``'s arguments); always CLIP's own pipeline."""
-    clip, tokenizer = create_clip(model_name, pretrained, arch, checkpoint, tokenizer)
-    return TimmViTEncoder(clip, tokenizer, image_size, mean, std, name=model_name)
+def build_timm_vit_encoder(model_name: str, image_size: int, **kwargs: Any) -> TimmViTEncoder:
+    """An open_clip model with a timm ViT image tower (``build_vision_encoder``'s arguments)."""
+    return build_vision_encoder(model_name, image_size, **kwargs, encoder_class=TimmViTEncoder)
 
 
 __all__ = ["TimmViTEncoder", "build_timm_vit_encoder", "projected_dim"]
