@@ -87,18 +87,6 @@ def test_the_neck_builds_what_block_k_takes_and_the_encoder_runs_on_it(name, k, 
     assert enc.forward_from_block(out, k).shape == (2, enc.embed_dim)
 
 
-def test_the_vit_neck_is_unchanged_by_the_new_options():
-    torch.manual_seed(0)
-    paper = TransformNeck(320, 1024, 16, 16)
-    assert sum(p.numel() for p in paper.parameters()) == 13_191_168
-    torch.manual_seed(0)
-    again = TransformNeck(320, 1024, 16, 16, class_token=True, layout="tokens")
-    assert paper.state_dict().keys() == again.state_dict().keys()
-    y = torch.randn(1, 320, 16, 16)
-    with torch.no_grad():
-        assert torch.equal(paper(y), again(y))
-
-
 def test_a_latent_grid_that_is_not_block_ks_feature_map_is_one_line_naming_both_shapes(tmp_path, capsys):
     from helpers.config import TINY, hydra_cfg
 
