@@ -120,7 +120,7 @@ def test_slurm_gets_the_graph_as_dependent_jobs_and_a_rerun_never_duplicates_a_q
 
 @pytest.mark.slow
 def test_the_tiny_plan_as_local_jobs_survives_a_killed_job_and_a_rerun_completes_it(tmp_path, monkeypatch):
-    """submitit's local executor: the 28 jobs SLURM would run, as processes. One d2 training is killed (kill -9) in
+    """submitit's local executor: the 30 jobs SLURM would run, as processes. One d2 training is killed (kill -9) in
     its second epoch: its evaluation is cancelled, everything else completes and the report lists the failed run
     with its log; the rerun submits that training (resumed from its last.ckpt), its evaluation and the report."""
     monkeypatch.setenv("PYTHONPATH", f"{ROOT / 'tests'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
@@ -133,7 +133,7 @@ def test_the_tiny_plan_as_local_jobs_survives_a_killed_job_and_a_rerun_completes
     ]
     d2 = ["trainer.max_epochs=2", "epoch_samples=null", "data.batch_size=16", *kill]  # 4 steps per epoch
     d2 = "plan.runs.d2.overrides=[" + ",".join(f"'{o}'" for o in d2) + "]"
-    cfg = _compose(tmp_path, "plan=tiny", "launcher=submitit_local", d2)  # the whole graph: 13 runs
+    cfg = _compose(tmp_path, "plan=tiny", "launcher=submitit_local", d2)  # the whole graph: 14 runs
     first = _launch(cfg)
     states = first["jobs"]
     killed = [n for n in states if n.startswith("train/d2/") and states[n] == "FAILED"]
@@ -145,7 +145,7 @@ def test_the_tiny_plan_as_local_jobs_survives_a_killed_job_and_a_rerun_completes
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     (failed,) = results["failed"]
     assert failed["job"] == killed[0] and failed["state"] == "FAILED" and os.path.isfile(failed["stdout"])
-    assert len(states) == 27 and set(results["plots"]) >= {"fig3_rate_accuracy", "fig4_rate_psnr"}
+    assert len(states) == 29 and set(results["plots"]) >= {"fig3_rate_accuracy", "fig4_rate_psnr"}
 
     records = JobRecords(tmp_path / "out").read()
     second = _launch(cfg)["jobs"]

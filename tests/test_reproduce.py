@@ -82,6 +82,7 @@ def test_the_whole_tiny_plan_gives_every_figure_and_a_verdict_on_every_finding(t
         "fig4_rate_psnr",
         "fig6a_skipped_blocks",
         "fig6b_training_objective",
+        "fig8_other_encoders",  # paper Fig. 8's mini row: d1 with the mini ConvNeXt teacher
         "token_distillation",  # beyond the paper: the token-distillation ablation row
         "validation_curves",  # every run's validation curve (the convergence rule's record)
     }
