@@ -15,7 +15,12 @@ from latentbridge.core.errors import ConfigError
 from latentbridge.workflows import launch as ln
 from latentbridge.workflows.jobs import JobRecords, job_graph
 
-PAPER_VARS = ["plan.vars.imagenet=/data/in", "plan.vars.elic=/ckpt/elic", "plan.vars.mbt=/ckpt/mbt"]
+PAPER_VARS = [
+    "plan.vars.imagenet=/data/in",
+    "plan.vars.elic=/ckpt/elic",
+    "plan.vars.mbt=/ckpt/mbt",
+    "plan.vars.tcm=/ckpt/tcm",
+]
 
 
 def _compose(tmp_path, *overrides: str, name: str = "reproduce"):
@@ -48,18 +53,19 @@ def test_the_paper_plan_is_a_graph_phase_two_after_phase_one_evaluations_after_r
     cfg = _compose(tmp_path, "plan=paper", *PAPER_VARS, "launcher=slurm", "launcher.partition=gpu", "dry_run=true")
     graph = {j.name: j for j in job_graph(cfg)}
     trainings = [n for n in graph if n.startswith("train/")]
-    assert len(trainings) == 56 and len([n for n in graph if n.startswith("evaluate/")]) == 56  # 14 runs x 4 rates
+    assert len(trainings) == 60 and len([n for n in graph if n.startswith("evaluate/")]) == 60  # 15 runs x 4 rates
+    assert "train/d1_tcm/lambda0.0067" in graph  # Fig. 6(c)'s Transformer codec at its own rate points
     assert graph["train/d2/lambda0.008"].after == ("prepare", "train/d1/lambda0.008")
     assert graph["train/d3_convnext/lambda0.004"].after == ("prepare", "train/d1_convnext/lambda0.004")  # Fig. 8
     assert graph["evaluate/d3/lambda0.032"].after == ("train/d3/lambda0.032",)
     assert set(graph["report"].after) == {n for n in graph if n.startswith("evaluate/")}
     _launch(cfg)
     out = capsys.readouterr().out
-    assert "plan paper: 114 jobs, launcher=slurm" in out
+    assert "plan paper: 122 jobs, launcher=slurm" in out
     line = next(ln for ln in out.splitlines() if ln.strip().startswith("train/d2/lambda0.008"))
     assert "1x8 GPU" in line and "afterok: train/d1/lambda0.008  " in line  # prepare: nothing to do here
     assert "[trainer=ddp trainer.devices=8 trainer.num_nodes=1]" in line
-    assert "afterany: 56 jobs" in next(ln for ln in out.splitlines() if ln.strip().startswith("report"))
+    assert "afterany: 60 jobs" in next(ln for ln in out.splitlines() if ln.strip().startswith("report"))
     assert not (tmp_path / "out" / "jobs").exists()  # a dry run submits and records nothing
 
 
@@ -120,7 +126,7 @@ def test_slurm_gets_the_graph_as_dependent_jobs_and_a_rerun_never_duplicates_a_q
 
 @pytest.mark.slow
 def test_the_tiny_plan_as_local_jobs_survives_a_killed_job_and_a_rerun_completes_it(tmp_path, monkeypatch):
-    """submitit's local executor: the 30 jobs SLURM would run, as processes. One d2 training is killed (kill -9) in
+    """submitit's local executor: the 32 jobs SLURM would run, as processes. One d2 training is killed (kill -9) in
     its second epoch: its evaluation is cancelled, everything else completes and the report lists the failed run
     with its log; the rerun submits that training (resumed from its last.ckpt), its evaluation and the report."""
     monkeypatch.setenv("PYTHONPATH", f"{ROOT / 'tests'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
@@ -133,7 +139,7 @@ def test_the_tiny_plan_as_local_jobs_survives_a_killed_job_and_a_rerun_completes
     ]
     d2 = ["trainer.max_epochs=2", "epoch_samples=null", "data.batch_size=16", *kill]  # 4 steps per epoch
     d2 = "plan.runs.d2.overrides=[" + ",".join(f"'{o}'" for o in d2) + "]"
-    cfg = _compose(tmp_path, "plan=tiny", "launcher=submitit_local", d2)  # the whole graph: 14 runs
+    cfg = _compose(tmp_path, "plan=tiny", "launcher=submitit_local", d2)  # the whole graph: 15 runs
     first = _launch(cfg)
     states = first["jobs"]
     killed = [n for n in states if n.startswith("train/d2/") and states[n] == "FAILED"]
@@ -145,7 +151,7 @@ def test_the_tiny_plan_as_local_jobs_survives_a_killed_job_and_a_rerun_completes
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     (failed,) = results["failed"]
     assert failed["job"] == killed[0] and failed["state"] == "FAILED" and os.path.isfile(failed["stdout"])
-    assert len(states) == 29 and set(results["plots"]) >= {"fig3_rate_accuracy", "fig4_rate_psnr"}
+    assert len(states) == 31 and set(results["plots"]) >= {"fig3_rate_accuracy", "fig4_rate_psnr"}
 
     records = JobRecords(tmp_path / "out").read()
     second = _launch(cfg)["jobs"]

@@ -15,17 +15,19 @@ PHASE2 = ("mini_d2", "mini_d3", "paper_d2", "paper_d3")
 MINI = [
     "mini_d1",
     "mini_d1_convnext",
+    "mini_d1_tcm",
     "mini_d2",
     "mini_d3",
     "mini_post_processing",
     "mini_codec",
+    "mini_codec_tcm",
     "mini_teacher",
     "mini_codec_vbr",
     "mini_p2",
 ]
 PAPER = ["paper_d1", "paper_d1_llava", "paper_d2", "paper_d3", "paper_post_processing", "paper_codec"]
 PAPER += ["paper_codec_vbr", "paper_p2_llava"]
-PAPER += ["paper_d1_convnext", "paper_d2_convnext", "paper_d3_convnext", "paper_d1_siglip"]  # paper 4.6
+PAPER += ["paper_d1_convnext", "paper_d2_convnext", "paper_d3_convnext", "paper_d1_siglip", "paper_d1_tcm"]  # 4.6
 LLAVA_TOWER = (  # LLaVA-1.5's tower geometry (24 blocks, 1024 wide, patch 14 at 336), random weights
     "vision.config={vision_config:{hidden_size:1024,intermediate_size:4096,num_hidden_layers:24,"
     "num_attention_heads:16,image_size:336,patch_size:14},projection_dim:768}"
@@ -49,7 +51,7 @@ def _one_step(experiment: str, tmp_path, *extra: str) -> dict:
 def test_every_mini_preset_runs_one_step(experiment, tmp_path):
     extra = ["scenario.post.base_channels=4"] if experiment == "mini_post_processing" else []
     _one_step(experiment, tmp_path, *extra)
-    if experiment in ("mini_codec", "mini_teacher", "mini_codec_vbr", "mini_p2"):
+    if experiment in ("mini_codec", "mini_codec_tcm", "mini_teacher", "mini_codec_vbr", "mini_p2"):
         assert (tmp_path / "run" / "export.pt").is_file()  # the artifact a cache entry is made of
 
 

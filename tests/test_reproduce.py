@@ -82,6 +82,7 @@ def test_the_whole_tiny_plan_gives_every_figure_and_a_verdict_on_every_finding(t
         "fig4_rate_psnr",
         "fig6a_skipped_blocks",
         "fig6b_training_objective",
+        "fig6c_other_codecs",  # paper Fig. 6(c)'s mini row: d1 with the mini Transformer codec
         "fig8_other_encoders",  # paper Fig. 8's mini row: d1 with the mini ConvNeXt teacher
         "token_distillation",  # beyond the paper: the token-distillation ablation row
         "validation_curves",  # every run's validation curve (the convergence rule's record)
@@ -116,7 +117,12 @@ def test_the_paper_plan_composes_every_run(tmp_path):
     """plan=paper: every (run, rate point) composes into a train config with its codec checkpoint and phase-1 parent."""
     from hydra import compose, initialize_config_dir
 
-    vars_ = ["plan.vars.imagenet=/data/in", "plan.vars.elic=/ckpt/elic", "plan.vars.mbt=/ckpt/mbt"]
+    vars_ = [
+        "plan.vars.imagenet=/data/in",
+        "plan.vars.elic=/ckpt/elic",
+        "plan.vars.mbt=/ckpt/mbt",
+        "plan.vars.tcm=/ckpt/tcm",
+    ]
     with initialize_config_dir(str(CONF), version_base="1.3"):
         cfg = compose("reproduce", overrides=["plan=paper", *vars_, f"out_dir={tmp_path}", "paths.output_dir=."])
         seen = set()

@@ -27,6 +27,7 @@ from compressai.registry import MODELS
 from torch import Tensor, nn
 
 from latentbridge.codecs.mini import MINI_MODEL
+from latentbridge.codecs.tcm import MINI_TCM_MODEL, TCM_MODEL
 from latentbridge.codecs.vbr import MINI_VBR_MODEL, VBR_MODEL, RateLadder
 from latentbridge.core.atomic_io import read_checkpoint
 from latentbridge.core.digest import DERIVED
@@ -42,6 +43,11 @@ class LatentOutput(NamedTuple):
 
     y_hat: Tensor
     likelihoods: dict[str, Tensor]
+
+
+def _at_least_float32(y: Tensor) -> Tensor:
+    """The entropy model's input: float32 from a reduced-precision g_a (autocast), float64 kept (reference checks)."""
+    return y if y.dtype == torch.float64 else y.float()
 
 
 def bits_per_image(likelihoods: dict[str, Tensor]) -> Tensor:
@@ -107,7 +113,7 @@ class CodecAdapter(nn.Module):
             x = x.contiguous(memory_format=torch.channels_last)
         y = self.model.g_a(x)
         with torch.autocast(x.device.type, enabled=False):
-            return self._code(y.float(), gain)
+            return self._code(_at_least_float32(y), gain)
 
     def synthesize(self, y_hat: Tensor) -> Tensor:
         """x_hat = g_s(y_hat), clamped to [0, 1]."""
@@ -143,7 +149,7 @@ class CodecAdapter(nn.Module):
         gain = self.check_gain(gain)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        y = self.model.g_a(x).float()
+        y = _at_least_float32(self.model.g_a(x))
         strings = self._compress_y(y, gain)
         per_image = [[[group[i]] for group in strings] for i in range(x.shape[0])]
         return per_image, self._code(y, gain)
@@ -310,6 +316,93 @@ class VbrAdapter(MeanScaleAdapter):
         return self._reconstruct(torch.sign(symbols), symbols.abs(), scales, means, gain)
 
 
+class TcmAdapter(CodecAdapter):
+    """TCM (``codecs/tcm.py``; paper 1's Fig. 6c with a Transformer codec): channel-wise slices, each coded around
+    its predicted mean and refined by the latent residual prediction. As the reference, all slices of one image go
+    into one y string (the coder's stream is read slice by slice while decoding), then the z string."""
+
+    def _code(self, y: Tensor, gain: Tensor | None = None) -> LatentOutput:
+        m = self.model
+        m.check_grid(y)
+        z = m.h_a(y)
+        z_hat, z_lik = m.entropy_bottleneck(z)
+        if self.training:  # the reference's training forward: z rounded around the medians, straight-through
+            medians = m.entropy_bottleneck._get_medians()
+            z_hat = quantize_ste(z - medians) + medians
+        hyper = m.hyper(z_hat)
+        slices: list[Tensor] = []
+        y_lik = []
+        for i, y_slice in enumerate(y.chunk(m.num_slices, 1)):
+            mu, scale, support = m.slice_parameters(i, hyper, slices)
+            y_lik.append(m.gaussian_conditional(y_slice, scale, means=mu)[1])
+            slices.append(m.refine(i, support, quantize_ste(y_slice - mu) + mu))
+        return LatentOutput(torch.cat(slices, 1), {"y": torch.cat(y_lik, 1), "z": z_lik})
+
+    def _compress_y(self, y: Tensor, gain: Tensor | None = None) -> list[list[bytes]]:
+        m = self.model
+        m.check_grid(y)
+        gc = m.gaussian_conditional
+        z = m.h_a(y)
+        z_strings = compress_bottleneck(m.entropy_bottleneck, z)
+        hyper = m.hyper(decompress_bottleneck(m.entropy_bottleneck, z_strings, z.shape[-2:]))
+        symbols: list[Tensor] = []
+        indexes: list[Tensor] = []
+        slices: list[Tensor] = []
+        for i, y_slice in enumerate(y.chunk(m.num_slices, 1)):
+            mu, scale, support = m.slice_parameters(i, hyper, slices)
+            q = gc.quantize(y_slice, "symbols", mu)
+            symbols.append(q.flatten(1))
+            indexes.append(gc.build_indexes(scale).flatten(1))
+            slices.append(m.refine(i, support, q + mu))
+        cdf, lengths, offsets = _coder_tables(gc)
+        all_symbols, all_indexes = torch.cat(symbols, 1).int(), torch.cat(indexes, 1).int()
+        y_strings = [
+            gc.entropy_coder.encode_with_indexes(s.tolist(), k.tolist(), cdf, lengths, offsets)
+            for s, k in zip(all_symbols, all_indexes)
+        ]
+        return [y_strings, z_strings]
+
+    @torch.no_grad()
+    def compress(self, x: Tensor, gain: float | Tensor | None = None) -> dict[str, Any]:
+        self.check_gain(gain)
+        y = _at_least_float32(self.model.g_a(x))
+        return {"strings": self._compress_y(y), "shape": self.coded_shape(*x.shape[-2:])}
+
+    def decompress_latent(self, strings: list[list[bytes]], shape: Any, gain: float | Tensor | None = None) -> Tensor:
+        self.check_gain(gain)
+        from compressai.ans import RansDecoder
+
+        m = self.model
+        gc = m.gaussian_conditional
+        z_hat = decompress_bottleneck(m.entropy_bottleneck, strings[1], shape)
+        hyper = m.hyper(z_hat)
+        decoders = []
+        for string in strings[0]:
+            decoders.append(RansDecoder())
+            decoders[-1].set_stream(string)
+        cdf, lengths, offsets = _coder_tables(gc)
+        slices: list[Tensor] = []
+        for i in range(m.num_slices):
+            mu, scale, support = m.slice_parameters(i, hyper, slices)
+            index = gc.build_indexes(scale).int()
+            values = [
+                torch.tensor(d.decode_stream(k.reshape(-1).tolist(), cdf, lengths, offsets), dtype=mu.dtype)
+                for d, k in zip(decoders, index)
+            ]
+            q = torch.stack(values).reshape(mu.shape).to(mu.device)
+            slices.append(m.refine(i, support, gc.dequantize(q, mu)))
+        return torch.cat(slices, 1)
+
+    def coded_shape(self, height: int, width: int) -> Any:
+        """The hyper-latent grid (stride 64; inputs are padded further, to whole attention windows)."""
+        return torch.Size([height // 64, width // 64])
+
+    def string_symbols(self, height: int, width: int) -> list[int]:
+        """One y string for all slices, then z (``Z`` channels at stride 64)."""
+        m = self.model
+        return [int(m.M) * (height // 16) * (width // 16), int(m.Z) * (height // 64) * (width // 64)]
+
+
 def _coder_tables(model: Any) -> tuple[list, list, list]:
     """An entropy model's CDF tables as the range coder takes them, converted once per table update (compressai
     converts them for every image: ~40% of the y coding time of one image)."""
@@ -416,6 +509,9 @@ CODECS: dict[str, CodecSpec] = {
         MINI_VBR_MODEL, VbrAdapter, 7, {"N": 48, "M": 64}, stride=8, pad_multiple=16, ladder=(1.0e-5, 3.2e-3, 3.2e-3)
     ),
     "mbt2018-mean-vbr": CodecSpec(VBR_MODEL, VbrAdapter, 8, {"N": 192, "M": 320}, ladder=(0.0018, 0.18, 0.18)),
+    # Paper 1's Transformer codec (Fig. 6c; codecs/tcm.py): TCM, the released N=64 models; inputs in whole windows.
+    "tcm2023": CodecSpec(TCM_MODEL, TcmAdapter, 9, {"N": 64, "M": 320}, pad_multiple=128),
+    "mini-tcm": CodecSpec(MINI_TCM_MODEL, TcmAdapter, 10, {"N": 16, "M": 64}, pad_multiple=64),
 }
 
 
@@ -544,7 +640,7 @@ def load_codec_weights(adapter: CodecAdapter, path: str | Path) -> None:
         mapped = published.elic_state(state, adapter.model, f"codec.checkpoint: {path}")
         nn.Module.load_state_dict(adapter.model, mapped, strict=False)  # every parameter checked; tables derived
         return
-    for prefix in ("codec.model.", "model."):  # Lightning module / adapter prefixes
+    for prefix in ("codec.model.", "model.", "module."):  # Lightning module / adapter / DataParallel prefixes
         if any(k.startswith(prefix) for k in state):
             state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
             break

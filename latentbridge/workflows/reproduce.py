@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from latentbridge.core.atomic_io import atomic_write_json
 from latentbridge.core.config import hydra_quote
@@ -54,7 +54,9 @@ def rates_of(cfg: DictConfig, spec: DictConfig) -> list[float | None]:
         return list(cfg.plan.ablation_rates)
     if which == "fixed":
         return list(cfg.plan.fixed_rates)
-    raise ConfigError(f"plan.runs: rates must be 'all', 'ablation' or 'fixed', got '{which}'")
+    if isinstance(which, ListConfig) and all(isinstance(r, (int, float)) for r in which):
+        return [float(r) for r in which]  # a codec with rate points of its own (Fig. 6(c)'s TCM)
+    raise ConfigError(f"plan.runs: rates must be 'all', 'ablation', 'fixed' or a list of lambdas, got '{which}'")
 
 
 def eval_rates_of(cfg: DictConfig, spec: DictConfig, lmbda: float | None) -> list[float]:

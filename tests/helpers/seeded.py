@@ -8,6 +8,8 @@ i)``; by its name and shape
 - a weight of 2 or more dimensions (convolutions, linear layers): N(0, 1 / fan_in), fan_in = prod(shape[1:]);
 - a 1-D weight (LayerNorm): 1 + N(0, 0.1); a bias: N(0, 0.02);
 - anything else (class token, positional embedding, projection): N(0, 1 / shape[-1]).
+Added for TCM's GDN layers (no earlier fixture has one), in compressai's reparametrized space: beta 1 + N(0, 0.1),
+gamma sqrt(0.1) I + |N(0, 0.01)| (a (C, C) matrix).
 Derived buffers and constants (entropy tables, masks, the entropy models' lower bounds) are not in manifests: each
 model keeps its own.
 """
@@ -18,7 +20,17 @@ import math
 
 import torch
 
-DERIVED = ("_quantized_cdf", "_offset", "_cdf_length", "scale_table", "target", "mask", "bound", "scale_bound")
+DERIVED = (
+    "_quantized_cdf",
+    "_offset",
+    "_cdf_length",
+    "scale_table",
+    "target",
+    "mask",
+    "bound",
+    "scale_bound",
+    "pedestal",
+)
 
 
 def manifest_of(state: dict[str, torch.Tensor]) -> list[tuple[str, list[int]]]:
@@ -40,6 +52,10 @@ def seeded_tensor(name: str, shape: list[int], seed: int, index: int) -> torch.T
             return torch.rand(shape, generator=g) - 0.5
         if leaf.startswith("_factor") or ".factors." in f".{name}":
             return randn(0.1)
+    if leaf == "beta" and (".gdn." in f".{name}" or ".igdn." in f".{name}"):
+        return 1.0 + randn(0.1)
+    if leaf == "gamma" and (".gdn." in f".{name}" or ".igdn." in f".{name}"):
+        return math.sqrt(0.1) * torch.eye(shape[0]) + randn(0.01).abs()
     if leaf.endswith("weight") and len(shape) >= 2:
         return randn(1.0 / math.sqrt(math.prod(shape[1:])))
     if leaf.endswith("weight"):
