@@ -91,7 +91,9 @@ def complexity(cfg: DictConfig) -> list[ComponentCost]:
     """Count, print the table (with the paper's Table 3 beside it for paper presets), write complexity.json."""
     rows = complexity_report(cfg)
     # Table 3 beside the presets it describes (ELIC into OpenAI's ViT-L/14), not beside paper 4.6's other encoders
+    # and codecs
     paper = str(cfg.get("experiment_name") or "").startswith("paper_") and "ViT-L-14" in str(cfg.vision.model_name)
+    paper = paper and str(cfg.codec.name).startswith("elic")
     where = f"k={cfg.scenario.skip_blocks}" if "skip_blocks" in cfg.scenario else "pixel path"
     table = Table(
         title=f"complexity at {cfg.data.image_size}x{cfg.data.image_size} ({cfg.codec.name}, "
