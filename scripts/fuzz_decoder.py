@@ -2,7 +2,7 @@
 
     python scripts/fuzz_decoder.py [--cases 10000] [--max-pixels 16384] [--seed 0] [--json out.json]
 
-Random-init mini codecs (fixed-rate and variable-rate) decode, through ``decode_latent`` as a server would,
+Random-init mini codecs (fixed-rate, variable-rate, the mini TCM) decode, through ``decode_latent`` as a server would,
 streams made to hurt it: forged headers with valid checksums (image sizes, string tables, string lengths, codec
 ids, config hashes, versions, rates / gains including NaN and inf), well-formed streams whose entropy-coded strings
 are random bytes, and random mutations of real streams (bit flips, insertions, deletions, truncations; the
@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     rng = random.Random(args.seed)
     torch.manual_seed(args.seed)
     codecs = []
-    for name, rate in (("mini", 0.0018), ("mini-vbr", None)):
+    for name, rate in (("mini", 0.0018), ("mini-vbr", None), ("mini-tcm", 0.0018)):
         codec = build_codec(name, lmbda=rate).eval()
         codec.model.update(force=True)
         gain = codec.ladder.gain(0.5) if codec.variable_rate else rate

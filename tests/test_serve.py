@@ -266,20 +266,23 @@ def test_decoding_in_worker_processes_serves_the_same_features_and_refusals(serv
     assert refused.status_code == 400 and "takes exactly 32x32 images" in refused.json()["error"]
 
 
-def test_a_neck_for_a_convnext_tower_is_served_like_the_vit_one(tmp_path):
-    """Paper 4.6: a run whose encoder is a CNN (the neck emits block k's feature map) behind the same server."""
+@pytest.mark.parametrize(("experiment", "size"), [("mini_d1_convnext", 32), ("mini_d1_tcm", 64)])
+def test_a_neck_for_another_tower_or_codec_is_served_like_the_vit_one(experiment, size, tmp_path):
+    """Paper 4.6: a run whose encoder is a CNN (the neck emits block k's feature map), or whose codec is the
+    Transformer codec (TCM: one y string, slice-wise decoding), behind the same server."""
     from fastapi.testclient import TestClient
 
     from latentbridge.serve.app import create_app
     from latentbridge.serve.service import Service
 
-    overrides = [*TINY_D1, "experiment=mini_d1_convnext", "data.train_size=32", "data.batch_size=16"]
-    with hydra_cfg(overrides, tmp_path) as cfg:
+    overrides = [*TINY_D1, f"experiment={experiment}", "data.train_size=32", "data.batch_size=16"]
+    with hydra_cfg([*overrides, f"data.image_size={size}"], tmp_path) as cfg:
         train_run(cfg)
     service = Service.load(tmp_path / "run", device="cpu", max_pixels=256 * 256)
-    assert service.module.neck.layout == "feature_map"
+    expected = "feature_map" if "convnext" in experiment else "tokens"
+    assert service.module.neck.layout == expected and service.module.codec.name in ("mini", "mini-tcm")
     with TestClient(create_app(service, max_request_bytes=64 << 10, max_wait_ms=50.0)) as client:
-        (data,) = _streams(service, 1)
+        (data,) = _streams(service, 1, size=size)
         got = _features(client.post("/v1/latent", content=data))
         y_hat, _ = B.decode_latent(service.module.codec, data, service.lmbda)
         with torch.no_grad():
