@@ -130,7 +130,8 @@ def test_the_paper_plan_composes_every_run(tmp_path):
             for lmbda in reproduce.rates_of(cfg, spec):
                 sub = compose(config_name="train", overrides=reproduce.run_overrides(cfg, run, lmbda))
                 assert sub.codec.lmbda == lmbda and sub.data.root == "/data/in"
-                assert sub.codec.checkpoint.endswith(f"_lambda{lmbda}.pt")
+                ending = f"/ckpt/tcm/{lmbda}.pth.tar" if run == "d1_tcm" else f"_lambda{lmbda}.pt"  # TCM's own names
+                assert sub.codec.checkpoint.endswith(ending)
                 if spec.get("init_from"):
                     assert sub.scenario.init_from == str(tmp_path / spec.init_from / f"lambda{lmbda}")
                 seen.add(run)
@@ -149,6 +150,7 @@ def test_the_paper_plan_composes_every_run(tmp_path):
         "d2_convnext",
         "d3_convnext",
         "d1_siglip",
+        "d1_tcm",  # Fig. 6(c)'s Transformer codec, at its own rate points
     }
 
 
