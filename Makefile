@@ -24,7 +24,7 @@ prepare:  ## rebuild the shipped mini teacher and codec (assets/mini) from their
 reproduce-mini:  ## paper 1's Fig. 3, 4, 6(a, b, c), 8 on the mini setup: 30 runs to convergence, evaluation, plots, findings (hours on 2 cores)
 	$(PY) reproduce.py plan=mini $(ARGS)
 
-reproduce-mini-p2:  ## paper 2 on the mini setup: one variable-rate model vs its ablations and 4 fixed-rate models (<= 45 min)
+reproduce-mini-p2:  ## paper 2 on the mini setup: one variable-rate model vs its ablations and 4 fixed-rate models (hours on 2 cores)
 	$(PY) reproduce.py plan=mini_p2 $(ARGS)
 
 test:  ## fast tests (< 10 min on 2 cores)
