@@ -322,21 +322,7 @@ class TcmAdapter(CodecAdapter):
     into one y string (the coder's stream is read slice by slice while decoding), then the z string."""
 
     def _code(self, y: Tensor, gain: Tensor | None = None) -> LatentOutput:
-        m = self.model
-        m.check_grid(y)
-        z = m.h_a(y)
-        z_hat, z_lik = m.entropy_bottleneck(z)
-        if self.training:  # the reference's training forward: z rounded around the medians, straight-through
-            medians = m.entropy_bottleneck._get_medians()
-            z_hat = quantize_ste(z - medians) + medians
-        hyper = m.hyper(z_hat)
-        slices: list[Tensor] = []
-        y_lik = []
-        for i, y_slice in enumerate(y.chunk(m.num_slices, 1)):
-            mu, scale, support = m.slice_parameters(i, hyper, slices)
-            y_lik.append(m.gaussian_conditional(y_slice, scale, means=mu)[1])
-            slices.append(m.refine(i, support, quantize_ste(y_slice - mu) + mu))
-        return LatentOutput(torch.cat(slices, 1), {"y": torch.cat(y_lik, 1), "z": z_lik})
+        return LatentOutput(*self.model.code(y))
 
     def _compress_y(self, y: Tensor, gain: Tensor | None = None) -> list[list[bytes]]:
         m = self.model

@@ -267,24 +267,27 @@ class TCM(CompressionModel):
     def hyper(self, z_hat: Tensor) -> tuple[Tensor, Tensor]:
         return self.h_mean_s(z_hat), self.h_scale_s(z_hat)
 
-    def forward(self, x: Tensor) -> dict[str, object]:
-        """compressai's training forward: ``{"x_hat", "likelihoods"}`` (the rate from additive noise in train mode,
-        y_hat and z_hat rounded with straight-through gradients, as the reference trains)."""
-        y = self.g_a(x)
+    def code(self, y: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """The entropy model on y = g_a(x): the coded y_hat and the likelihoods of y and z. As the reference: z_hat
+        and each slice rounded around its medians / mean with straight-through gradients (in eval mode exactly what
+        ``compress`` codes), the rate from compressai's additive noise in train mode."""
         self.check_grid(y)
         z = self.h_a(y)
         _, z_lik = self.entropy_bottleneck(z)
         medians = self.entropy_bottleneck._get_medians()
-        z_hat = _ste_round(z - medians) + medians
-        hyper = self.hyper(z_hat)
+        hyper = self.hyper(_ste_round(z - medians) + medians)
         y_hat_slices: list[Tensor] = []
         y_lik = []
         for i, y_slice in enumerate(y.chunk(self.num_slices, 1)):
             mu, scale, mean_support = self.slice_parameters(i, hyper, y_hat_slices)
-            y_lik.append(self.gaussian_conditional(y_slice, scale, mu)[1])
+            y_lik.append(self.gaussian_conditional(y_slice, scale, means=mu)[1])
             y_hat_slices.append(self.refine(i, mean_support, _ste_round(y_slice - mu) + mu))
-        y_hat = torch.cat(y_hat_slices, dim=1)
-        return {"x_hat": self.g_s(y_hat), "likelihoods": {"y": torch.cat(y_lik, dim=1), "z": z_lik}}
+        return torch.cat(y_hat_slices, dim=1), {"y": torch.cat(y_lik, dim=1), "z": z_lik}
+
+    def forward(self, x: Tensor) -> dict[str, object]:
+        """compressai's training forward: ``{"x_hat", "likelihoods"}``."""
+        y_hat, likelihoods = self.code(self.g_a(x))
+        return {"x_hat": self.g_s(y_hat), "likelihoods": likelihoods}
 
 
 @register_model(MINI_TCM_MODEL)
