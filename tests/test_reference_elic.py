@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers.seeded import seeded_state
+from helpers.seeded import reference_error, seeded_state
 
 from latentbridge.codecs.adapter import build_codec
 from latentbridge.codecs.bitstream import decode_latent, encode_image
@@ -40,12 +40,6 @@ def codec(chandelier_file):
     return codec
 
 
-def _close(ours, theirs, what):
-    err = float((ours - theirs).abs().max() / theirs.abs().max())
-    assert err <= TOL, f"{what}: largest difference {err:.3g} of the largest value"
-    return err
-
-
 def _ours(codec, x):
     """y, y_hat, means, scales, likelihoods (y by channel group, z) and unclamped x_hat of our codec."""
     seen = {"means": [], "scales": []}
@@ -74,12 +68,12 @@ def test_our_elic_computes_what_the_reference_elic_computes(golden, codec, size)
     theirs = golden[f"at{size}"]
     ours = _ours(codec, x)
     ours["x_hat"] = ours["x_hat"][..., :64, :64]  # the fixture keeps a 64x64 crop at 256x256
-    errs = {k: _close(ours[k], v, k) for k, v in theirs.items()}
+    errs = {k: reference_error(ours[k], v, k, TOL) for k, v in theirs.items()}
     assert set(errs) >= {"y", "y_hat", "likelihoods_y", "likelihoods_z", "x_hat"}
     print(size, {k: f"{v:.2g}" for k, v in errs.items()})
     # the server's view: a real LatentBridge bitstream decodes to the reference's y_hat
     y_hat, _ = decode_latent(codec, encode_image(codec, x, 0.004), 0.004)
-    _close(y_hat, theirs["y_hat"], "decoded y_hat")
+    reference_error(y_hat, theirs["y_hat"], "decoded y_hat", TOL)
 
 
 def test_a_released_d1_file_gives_its_elic_to_codec_checkpoint(golden, codec, tmp_path):

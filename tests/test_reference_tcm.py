@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers.seeded import seeded_state
+from helpers.seeded import reference_error, seeded_state
 
 from latentbridge.codecs.adapter import build_codec
 from latentbridge.codecs.bitstream import decode_latent, encode_image
@@ -46,12 +46,6 @@ def codec(released_file):
     return codec
 
 
-def _close(ours, theirs, what):
-    err = float((ours - theirs).abs().max() / theirs.abs().max())
-    assert err <= TOL, f"{what}: largest difference {err:.3g} of the largest value"
-    return err
-
-
 @pytest.mark.slow  # a 45 M-parameter codec at 256x256 on the CPU: ~20 s
 def test_our_tcm_computes_and_codes_what_the_reference_tcm_does(golden, codec):
     x = torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(golden["x_seed"]), dtype=torch.float64)
@@ -71,16 +65,16 @@ def test_our_tcm_computes_and_codes_what_the_reference_tcm_does(golden, codec):
     ours = {"y": y[:, KEPT], "y_hat": y_hat[:, KEPT], "means": torch.cat(seen["means"], 1)[:, KEPT],
             "scales": torch.cat(seen["scales"], 1)[:, KEPT], "likelihoods_y": lik["y"][:, KEPT],
             "likelihoods_z": lik["z"], "x_hat": x_hat[..., :32, :32]}  # fmt: skip
-    errs = {k: _close(v, golden[k], k) for k, v in ours.items()}
+    errs = {k: reference_error(v, golden[k], k, TOL) for k, v in ours.items()}
     print({k: f"{v:.2g}" for k, v in errs.items()})
     strings, _ = codec.compress_batch(x)
     (y_string,), (z_string,) = strings[0]
     for what, s in (("y_string", y_string), ("z_string", z_string)):
         assert {"bytes": len(s), "sha256": hashlib.sha256(s).hexdigest()} == golden[what], what
     decoded = codec.decompress_latent([[y_string], [z_string]], codec.coded_shape(256, 256))
-    _close(codec.synthesize(decoded)[..., :32, :32], golden["decoded_x_hat"], "decoded x_hat")
+    reference_error(codec.synthesize(decoded)[..., :32, :32], golden["decoded_x_hat"], "decoded x_hat", TOL)
     y_hat_bs, _ = decode_latent(codec, encode_image(codec, x, 0.0025), 0.0025)  # the server's view
-    _close(y_hat_bs[:, KEPT].double(), golden["y_hat"], "y_hat from a LatentBridge bitstream")
+    reference_error(y_hat_bs[:, KEPT].double(), golden["y_hat"], "y_hat from a LatentBridge bitstream", TOL)
 
 
 def test_a_tcm_checkpoint_of_another_size_is_one_line(golden, tmp_path):

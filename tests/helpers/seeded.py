@@ -67,3 +67,10 @@ def seeded_tensor(name: str, shape: list[int], seed: int, index: int) -> torch.T
 
 def seeded_state(manifest: list[tuple[str, list[int]]], seed: int) -> dict[str, torch.Tensor]:
     return {name: seeded_tensor(name, shape, seed, i) for i, (name, shape) in enumerate(manifest)}
+
+
+def reference_error(ours: torch.Tensor, theirs: torch.Tensor, what: str, tol: float) -> float:
+    """The reference fixtures' measure, max |ours - theirs| / max |theirs|, asserted to be at most ``tol``."""
+    err = float((ours - theirs).abs().max() / theirs.abs().max())
+    assert err <= tol, f"{what}: largest difference {err:.3g} of the largest value"
+    return err
