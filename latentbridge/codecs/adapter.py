@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
+from compressai.ans import RansDecoder
 from compressai.models import CompressionModel
 from compressai.ops import quantize_ste
 from compressai.registry import MODELS
@@ -356,8 +357,6 @@ class TcmAdapter(CodecAdapter):
 
     def decompress_latent(self, strings: list[list[bytes]], shape: Any, gain: float | Tensor | None = None) -> Tensor:
         self.check_gain(gain)
-        from compressai.ans import RansDecoder
-
         m = self.model
         gc = m.gaussian_conditional
         z_hat = decompress_bottleneck(m.entropy_bottleneck, strings[1], shape)
@@ -381,12 +380,13 @@ class TcmAdapter(CodecAdapter):
 
     def coded_shape(self, height: int, width: int) -> Any:
         """The hyper-latent grid (stride 64; inputs are padded further, to whole attention windows)."""
-        return torch.Size([height // 64, width // 64])
+        hyper = self.model.downsampling_factor
+        return torch.Size([height // hyper, width // hyper])
 
     def string_symbols(self, height: int, width: int) -> list[int]:
-        """One y string for all slices, then z (``Z`` channels at stride 64)."""
-        m = self.model
-        return [int(m.M) * (height // 16) * (width // 16), int(m.Z) * (height // 64) * (width // 64)]
+        """One y string for all slices, then z (``Z`` channels at the hyper-latent's stride)."""
+        m, s = self.model, self.stride
+        return [int(m.M) * (height // s) * (width // s), int(m.Z) * math.prod(self.coded_shape(height, width))]
 
 
 def _coder_tables(model: Any) -> tuple[list, list, list]:
