@@ -4,7 +4,8 @@ Every user of a path calls it from here: the scenarios' training and validation,
 bitstreams, the lmms-eval model, the server benchmark and the path-fidelity diagnostic.
 
 - ``uncompressed``:    C(x), the encoder on the original image (the upper bound).
-- ``neck``:            C'(T(y_hat)), the transform-neck's tokens entering the encoder at block k (the method, 3.3).
+- ``neck``:            C'(T(y_hat)), the transform-neck's tokens entering the encoder at block k (the method, 3.3);
+                       a rate-conditioned neck also takes each stream's rate.
 - ``reconstruction``:  C(g_s(y_hat)), the decoded image through the full encoder (the Reconstruction baseline).
 - ``post_processing``: C(P(g_s(y_hat))), a U-Net on the decoded image, then the full encoder (that baseline).
 
@@ -50,9 +51,11 @@ def decoded_image(parts: Parts, x_hat: Tensor) -> Tensor:
     return parts.encoder.from_pixels(parts.encoder.preprocess(x_hat))
 
 
-def neck(parts: Parts, y_hat: Tensor) -> Tensor:
-    """C'(T(y_hat)): the transform-neck's tokens enter the encoder at block ``skip_blocks`` (paper 3.3)."""
-    return parts.encoder.from_block(parts.neck(y_hat), parts.skip_blocks)
+def neck(parts: Parts, y_hat: Tensor, rate: Tensor | None = None) -> Tensor:
+    """C'(T(y_hat)): the transform-neck's tokens enter the encoder at block ``skip_blocks`` (paper 3.3). ``rate``:
+    each stream's rate, for a rate-conditioned neck (``nn/rate_conditioned_neck.py``)."""
+    tokens = parts.neck(y_hat) if rate is None else parts.neck(y_hat, rate)
+    return parts.encoder.from_block(tokens, parts.skip_blocks)
 
 
 def reconstruction(parts: Parts, y_hat: Tensor) -> Tensor:

@@ -27,11 +27,34 @@ def scenario_uses(cfg: DictConfig) -> list[str]:
     return list(getattr(get_class(cfg.scenario._target_), "uses", ()))
 
 
+def family_rates(cfg: DictConfig) -> list[float] | None:
+    """``scenario.rates`` of a rate-conditioned scenario over a fixed-rate codec: the family's rate points (None
+    for every other run, a variable-rate codec's included: its one model covers them)."""
+    rates = cfg.scenario.get("rates")
+    if not rates or "codec" not in cfg or cfg.codec.get("lmbda") is None:
+        return None
+    return [float(r) for r in rates]
+
+
+def codec_nodes(cfg: DictConfig) -> list[DictConfig]:
+    """The codec configs a run builds: ``cfg.codec``, or one per rate of a family (``codec.lmbda`` set to each, so
+    that its checkpoint and preparation recipe follow the rate as for a run at that rate)."""
+    rates = family_rates(cfg)
+    if rates is None:
+        return [cfg.codec]
+    return [OmegaConf.merge(cfg, {"codec": {"lmbda": r}}).codec for r in rates]
+
+
 def build_scenario(cfg: DictConfig) -> Any:
-    """The scenario's LightningModule from ``cfg.scenario`` (Hydra's ``instantiate``)."""
+    """The scenario's LightningModule from ``cfg.scenario`` (Hydra's ``instantiate``); a rate-conditioned scenario
+    over a fixed-rate codec gets the family of that codec at each of ``scenario.rates`` (``codecs/family.py``)."""
     from hydra.utils import instantiate
 
-    return instantiate(cfg.scenario)
+    if family_rates(cfg) is None:
+        return instantiate(cfg.scenario)
+    from latentbridge.codecs.family import CodecFamily
+
+    return instantiate(cfg.scenario, codec=CodecFamily([instantiate(node) for node in codec_nodes(cfg)]))
 
 
 @dataclass
@@ -76,5 +99,5 @@ def open_run(run_dir: str | Path, key: str = "runs", data: dict[str, Any] | None
         raise CheckpointError(f"{key}: {ckpt} is not a Lightning checkpoint")
     module.on_load_checkpoint(state)
     module.load_state_dict(state["state_dict"], strict=False)
-    module.codec.model.update(force=True)
+    module.codec.update_tables()
     return FinishedRun(run_dir, cfg, module.eval())

@@ -199,9 +199,11 @@ class BridgeModule(NetAuxOptimization):
         self._classes = key
 
     # -- the paths (latentbridge.routes) ------------------------------------------------------------------
-    def method_embedding(self, y_hat: Tensor) -> Tensor:
-        """The scenario's own path from the coded latent to the encoder's embedding (d1-d3: the neck path)."""
-        return routes.latent_route(self.method_path)(self, y_hat)
+    def method_embedding(self, y_hat: Tensor, rate: Tensor | float | None = None) -> Tensor:
+        """The scenario's own path from the coded latent to the encoder's embedding (d1-d3: the neck path; a
+        rate-conditioned neck also takes the rate)."""
+        route = routes.latent_route(self.method_path)
+        return route(self, y_hat) if rate is None else route(self, y_hat, rate)
 
     def latent(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         with torch.set_grad_enabled(torch.is_grad_enabled() and "codec" in self.trainable):
@@ -368,7 +370,7 @@ class BridgeModule(NetAuxOptimization):
         self.evaluation = RateAccuracy(("method", "reconstruction", "uncompressed"), few_shot_groups, seed)
 
     def on_test_epoch_start(self) -> None:
-        self.codec.model.update(force=True)  # entropy-coder tables of the current weights
+        self.codec.update_tables()  # entropy-coder tables of the current weights
         self.evaluation.reset()
 
     @torch.no_grad()

@@ -139,7 +139,7 @@ def test_the_tiny_plan_as_local_jobs_survives_a_killed_job_and_a_rerun_completes
     ]
     d2 = ["trainer.max_epochs=2", "epoch_samples=null", "data.batch_size=16", *kill]  # 4 steps per epoch
     d2 = "plan.runs.d2.overrides=[" + ",".join(f"'{o}'" for o in d2) + "]"
-    cfg = _compose(tmp_path, "plan=tiny", "launcher=submitit_local", d2)  # the whole graph: 15 runs
+    cfg = _compose(tmp_path, "plan=tiny", "launcher=submitit_local", d2)  # the whole graph: 17 runs
     first = _launch(cfg)
     states = first["jobs"]
     killed = [n for n in states if n.startswith("train/d2/") and states[n] == "FAILED"]
@@ -151,7 +151,7 @@ def test_the_tiny_plan_as_local_jobs_survives_a_killed_job_and_a_rerun_completes
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     (failed,) = results["failed"]
     assert failed["job"] == killed[0] and failed["state"] == "FAILED" and os.path.isfile(failed["stdout"])
-    assert len(states) == 31 and set(results["plots"]) >= {"fig3_rate_accuracy", "fig4_rate_psnr"}
+    assert len(states) == 35 and set(results["plots"]) >= {"fig3_rate_accuracy", "fig4_rate_psnr"}
 
     records = JobRecords(tmp_path / "out").read()
     second = _launch(cfg)["jobs"]

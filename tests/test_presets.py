@@ -24,10 +24,13 @@ MINI = [
     "mini_teacher",
     "mini_codec_vbr",
     "mini_p2",
+    "mini_d1_rates",
+    "mini_d1_rates_vbr",
 ]
 PAPER = ["paper_d1", "paper_d1_llava", "paper_d2", "paper_d3", "paper_post_processing", "paper_codec"]
 PAPER += ["paper_codec_vbr", "paper_p2_llava"]
 PAPER += ["paper_d1_convnext", "paper_d2_convnext", "paper_d3_convnext", "paper_d1_siglip", "paper_d1_tcm"]  # 4.6
+PAPER += ["paper_d1_rates", "paper_d1_rates_vbr"]  # one neck for every rate (beyond the paper)
 LLAVA_TOWER = (  # LLaVA-1.5's tower geometry (24 blocks, 1024 wide, patch 14 at 336), random weights
     "vision.config={vision_config:{hidden_size:1024,intermediate_size:4096,num_hidden_layers:24,"
     "num_attention_heads:16,image_size:336,patch_size:14},projection_dim:768}"

@@ -14,6 +14,8 @@ def test_conditioning_off_is_the_papers_neck_parameters_and_outputs():
     torch.manual_seed(0)
     off = RateConditionedNeck(320, 1024, 16, 16)
     assert sum(p.numel() for p in off.parameters()) == 13_191_168
+    on = RateConditionedNeck(320, 1024, 16, 16, rate_range=(0.004, 0.032))
+    assert sum(p.numel() for p in on.parameters()) == 13_191_168 + (64 + 64) + (64 * 2048 + 2048)  # + FiLM
     assert off.state_dict().keys() == paper.state_dict().keys()
     y = torch.randn(2, 320, 16, 16)
     with torch.no_grad():

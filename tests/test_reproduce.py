@@ -85,6 +85,7 @@ def test_the_whole_tiny_plan_gives_every_figure_and_a_verdict_on_every_finding(t
         "fig6c_other_codecs",  # paper Fig. 6(c)'s mini row: d1 with the mini Transformer codec
         "fig8_other_encoders",  # paper Fig. 8's mini row: d1 with the mini ConvNeXt teacher
         "token_distillation",  # beyond the paper: the token-distillation ablation row
+        "one_neck_for_every_rate",  # beyond the paper: one rate-conditioned neck vs the per-rate necks
         "validation_curves",  # every run's validation curve (the convergence rule's record)
     }
     assert all((tmp_path / "out" / f"{name}.png").stat().st_size > 1000 for name in results["plots"])

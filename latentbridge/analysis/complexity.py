@@ -38,14 +38,17 @@ def complexity_report(cfg: DictConfig) -> list[ComponentCost]:
     x = torch.rand(1, 3, size, size)
     if hasattr(module, "editor"):
         return edge_and_server(module, x)
+    rate = getattr(module, "rates", (None,))[0]  # one neck for every rate: counted at its lowest rate (FiLM included)
+    codec = module.coder(rate)[0] if rate is not None else module.codec
     with torch.no_grad():
-        y_hat = module.codec.latent(x).y_hat
+        y_hat = module.latent_at(x, rate)[0] if rate is not None else codec.latent(x).y_hat
     vision = module.vision
     image = vision.preprocess(x)
     rows = []
     if module.neck is not None:
-        rows.append(cost("transform-neck", [module.neck], module.neck, y_hat, pixels=pixels))
-    rows.append(cost("codec decoder g_s", [module.codec.model.g_s], module.codec.synthesize, y_hat, pixels=pixels))
+        neck = module.neck if rate is None else (lambda y: module.neck(y, rate))
+        rows.append(cost("transform-neck", [module.neck], neck, y_hat, pixels=pixels))
+    rows.append(cost("codec decoder g_s", [codec.model.g_s], codec.synthesize, y_hat, pixels=pixels))
     post = getattr(module, "post", None)
     if post is not None:
         rows.append(cost("post-processing network", [post], post.eval(), x, pixels=pixels))

@@ -125,6 +125,10 @@ class CodecAdapter(nn.Module):
         self.check_gain(gain)
         return self.model(x)
 
+    def update_tables(self) -> None:
+        """The entropy-coder tables of the current weights (compressai's ``update(force=True)``)."""
+        self.model.update(force=True)
+
     def aux_loss(self) -> Tensor:
         """The entropy bottleneck's quantile loss (a sum: it scales with nothing but the model)."""
         return self.model.aux_loss()

@@ -13,10 +13,8 @@ import math
 import torch
 from torch import Tensor, nn
 
+from latentbridge.core.rates import check_rate
 from latentbridge.nn.transform_neck import TransformNeck
-
-#: relative slack on the range's ends (rates travel as float32 in bitstream headers)
-RATE_TOLERANCE = 1e-5
 
 
 class RateConditionedNeck(TransformNeck):
@@ -51,10 +49,8 @@ class RateConditionedNeck(TransformNeck):
         """r in [0, 1]: the rate's log-position in ``rate_range``; a rate outside it is a ValueError naming both."""
         lo, hi = self.rate_range
         rate = rate.to(torch.float64).reshape(-1)
-        outside = (rate < lo * (1 - RATE_TOLERANCE)) | (rate > hi * (1 + RATE_TOLERANCE))
-        if bool(outside.any()):
-            bad = float(rate[outside][0])
-            raise ValueError(f"rate {bad:g} is outside the range this neck was trained on [{lo:g}, {hi:g}]")
+        for r in (rate.min(), rate.max()) if rate.numel() else ():
+            check_rate(float(r), lo, hi)
         if hi == lo:
             return torch.zeros_like(rate, dtype=torch.float32)
         code = (rate.clamp(lo, hi).log() - math.log(lo)) / (math.log(hi) - math.log(lo))
@@ -66,7 +62,8 @@ class RateConditionedNeck(TransformNeck):
         if rate is None:
             raise ValueError("rate-conditioned neck: every call needs the stream's rate")
         self.check_grid(y_hat)
-        rate = torch.as_tensor(rate, device=y_hat.device).expand(y_hat.shape[0])
+        # float64 from every caller (a float, a header's rate, a tensor): one rate, one code
+        rate = torch.as_tensor(rate, dtype=torch.float64, device=y_hat.device).expand(y_hat.shape[0])
         x = self.embed(y_hat)
         gamma, beta = self.film(self.rate_code(rate).to(x.device, x.dtype)[:, None]).chunk(2, dim=-1)
         x = x * (1 + gamma[:, None]) + beta[:, None]

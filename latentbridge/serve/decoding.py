@@ -23,26 +23,48 @@ import torch
 _WORKER: dict[str, Any] = {}
 
 
-def _start(blob: bytes, lmbda: float | None, max_pixels: int, key: bytes | None, accepts: dict[str, Any]) -> None:
-    """Worker initializer: the codec from its checkpoint bytes, on the CPU, one intra-op thread."""
+def _codec_of(blob: bytes) -> Any:
+    """A codec from its checkpoint bytes, on the CPU, entropy tables built."""
     from latentbridge.codecs.adapter import build_codec
 
-    torch.set_num_threads(1)
     ckpt = torch.load(io.BytesIO(blob), weights_only=True)
-    codec = build_codec(ckpt["name"], arch=ckpt["arch"], lmbda=lmbda, ladder=ckpt.get("ladder")).eval()
+    codec = build_codec(ckpt["name"], arch=ckpt["arch"], lmbda=ckpt.get("lmbda"), ladder=ckpt.get("ladder")).eval()
     codec.model.load_state_dict(ckpt["state_dict"])
-    codec.model.update(force=True)
-    _WORKER.update(codec=codec, lmbda=lmbda, max_pixels=max_pixels, key=key, accepts=accepts)
+    codec.update_tables()
+    return codec
+
+
+def _start(
+    blobs: list[bytes],
+    lmbda: float | None,
+    max_pixels: int,
+    key: bytes | None,
+    accepts: dict[str, Any],
+    rate_range: tuple[float, float] | None = None,
+    family: bool = False,
+) -> None:
+    """Worker initializer: the codec (a rate-conditioned run: every family member, or its variable-rate codec, and
+    the neck's rate range), one intra-op thread."""
+    from latentbridge.codecs.family import CodecFamily
+
+    torch.set_num_threads(1)
+    codecs = [_codec_of(b) for b in blobs]
+    codec = CodecFamily(codecs) if family else codecs[0]
+    _WORKER.update(codec=codec, lmbda=lmbda, max_pixels=max_pixels, key=key, accepts=accepts, rate_range=rate_range)
 
 
 def _decode(data: bytes, path: str) -> tuple[Any, Any] | Exception:
     """(y_hat as numpy, header) or the ``LatentBridgeError`` that refused the stream."""
-    from latentbridge.codecs.bitstream import decode_latent
+    from latentbridge.codecs.bitstream import Bitstream, decode_latent
+    from latentbridge.codecs.family import stream_coder
     from latentbridge.core.errors import LatentBridgeError
 
     w = _WORKER
     try:
-        y_hat, header = decode_latent(w["codec"], data, w["lmbda"], w["max_pixels"], w["key"], w["accepts"][path].check)
+        codec, lmbda = w["codec"], w["lmbda"]
+        if w["rate_range"] is not None:  # as Service.decode: the header's rate picks the codec, or is refused
+            codec, lmbda, _ = stream_coder(codec, Bitstream.from_bytes(data, w["key"]), w["rate_range"])
+        y_hat, header = decode_latent(codec, data, lmbda, w["max_pixels"], w["key"], w["accepts"][path].check)
     except LatentBridgeError as e:
         return e
     return y_hat.numpy(), header
@@ -53,10 +75,17 @@ class DecodePool:
 
     def __init__(self, service: Any, workers: int) -> None:
         from latentbridge.codecs.adapter import codec_checkpoint
+        from latentbridge.codecs.family import CodecFamily
 
-        buffer = io.BytesIO()
-        torch.save(codec_checkpoint(service.module.codec), buffer)
-        args = (buffer.getvalue(), service.lmbda, service.max_pixels, service.key, dict(service.accepts))
+        codec = service.module.codec
+        family = isinstance(codec, CodecFamily)
+        blobs = []
+        for member in codec.members if family else [codec]:
+            buffer = io.BytesIO()
+            torch.save(codec_checkpoint(member, lmbda=member.lmbda), buffer)
+            blobs.append(buffer.getvalue())
+        rate_range = service.module.neck.rate_range if service.rate_conditioned else None
+        args = (blobs, service.lmbda, service.max_pixels, service.key, dict(service.accepts), rate_range, family)
         self.pool = ProcessPoolExecutor(workers, mp.get_context("spawn"), initializer=_start, initargs=args)
         self.service = service
 
@@ -69,7 +98,11 @@ class DecodePool:
         if isinstance(out, Exception):
             raise out
         y_hat, header = out
-        return Decoded(torch.from_numpy(y_hat), header, len(data), bits_per_pixel_of(data, header.height, header.width))
+        bpp = bits_per_pixel_of(data, header.height, header.width)
+        if not self.service.rate_conditioned:
+            return Decoded(torch.from_numpy(y_hat), header, len(data), bpp)
+        codec = self.service.module.stream_coder(header)[0]  # the header alone (checked in the worker)
+        return Decoded(torch.from_numpy(y_hat), header, len(data), bpp, codec, self.service.module.stream_rate(header))
 
     def warm_up(self) -> None:
         """Start every worker now (spawning takes seconds), not on the first requests."""

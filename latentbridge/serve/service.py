@@ -2,7 +2,9 @@
 
 A ``Service`` holds one finished run (``open_run``: codec, transform-neck, encoder from block k) on a device:
 
-- ``decode``: bytes -> y_hat through the hardened decoder (``codecs/bitstream.py``: a one-line ``BitstreamError``
+- ``decode``: bytes -> y_hat through the hardened decoder (a rate-conditioned run, d1_rates: the header's rate picks
+  the codec that decodes it, a family member or the variable-rate codec, and a rate outside the neck's is refused
+  before entropy decoding) (``codecs/bitstream.py``: a one-line ``BitstreamError``
   for anything that is not this codec's stream, never a crash), optionally authenticated, and only for an image the
   path can take (``accepts``): the transform-neck was trained for one latent grid, so the neck path takes exactly
   the run's image size, checked on the header before any entropy decoding; the pixel path takes any size up to
@@ -61,6 +63,8 @@ class Decoded:
     header: Bitstream
     nbytes: int
     bpp: float
+    codec: Any = None  # the codec that decoded it (a rate-conditioned run's family member)
+    rate: float | None = None  # the rate a rate-conditioned neck is told (from the header)
 
 
 @dataclass
@@ -127,8 +131,20 @@ class Service:
         """Bytes -> y_hat for ``path`` (hardened; ``BitstreamError`` on bad input, and for a header that ``path``
         cannot take, before entropy decoding)."""
         accepts = self.accepts.get(path) or Accepts(self.max_pixels)
-        y_hat, header = decode_latent(self.module.codec, data, self.lmbda, self.max_pixels, self.key, accepts.check)
-        return Decoded(y_hat, header, len(data), bits_per_pixel_of(data, header.height, header.width))
+        module, rate = self.module, None
+        codec, lmbda = module.codec, self.lmbda
+        if self.rate_conditioned:  # the header names the rate: its codec, refused outside the neck's rates
+            codec, lmbda = module.stream_coder(Bitstream.from_bytes(data, self.key))
+        y_hat, header = decode_latent(codec, data, lmbda, self.max_pixels, self.key, accepts.check)
+        if self.rate_conditioned:
+            rate = module.stream_rate(header)
+        bpp = bits_per_pixel_of(data, header.height, header.width)
+        return Decoded(y_hat, header, len(data), bpp, codec, rate)
+
+    @property
+    def rate_conditioned(self) -> bool:
+        """Whether the run's neck is told each stream's rate (d1_rates: one neck for every rate it covers)."""
+        return hasattr(self.module, "stream_coder")
 
     @torch.no_grad()
     def features(self, decoded: list[Decoded], path: str = "neck") -> list[Tensor]:
@@ -137,12 +153,20 @@ class Service:
             raise ValueError(f"path must be one of {', '.join(PATHS)}, got '{path}'")
         route, parts = routes.latent_route(path), self.parts[path]
         out: list[Tensor | None] = [None] * len(decoded)
-        groups: dict[tuple[int, ...], list[int]] = {}
-        for i, d in enumerate(decoded):
-            groups.setdefault(tuple(d.y_hat.shape), []).append(i)
+        groups: dict[tuple[Any, ...], list[int]] = {}
+        for i, d in enumerate(decoded):  # the pixel path of a codec family: one group per member (its own g_s)
+            member = id(d.codec) if path == "reconstruction" and self.rate_conditioned else 0
+            groups.setdefault((tuple(d.y_hat.shape), member), []).append(i)
         for members in groups.values():
             batch = torch.cat([decoded[i].y_hat for i in members]).to(self.device)
-            feats = route(parts, batch).float().cpu()
+            if path == "reconstruction" and self.rate_conditioned:
+                feats = route(SimpleNamespace(**{**vars(parts), "codec": decoded[members[0]].codec}), batch)
+            elif self.rate_conditioned:
+                rates = torch.tensor([decoded[i].rate for i in members], dtype=torch.float64, device=self.device)
+                feats = route(parts, batch, rates)
+            else:
+                feats = route(parts, batch)
+            feats = feats.float().cpu()
             for j, i in enumerate(members):
                 out[i] = feats[j : j + 1]
         return out  # type: ignore[return-value]
@@ -166,8 +190,9 @@ class Service:
             "scenario": type(self.module).__name__,
             "codec": {
                 "name": codec.name,
-                "lmbda": self.lmbda,
+                "lmbda": None if self.rate_conditioned else self.lmbda,
                 "variable_rate": codec.variable_rate,
+                **({"rates": list(self.module.rates)} if self.rate_conditioned else {}),
                 "pad_multiple": codec.pad_multiple,
                 "stride": codec.stride,
             },

@@ -13,6 +13,7 @@ Writes results.json (with BD-rate / BD-metric against ``bd_anchor``), results.cs
 
 ``mosaic=m`` (paper-2 runs and anchors) codes m x m mosaics of the test images, each image paying its share of
 its mosaic's bytes, so that no codec's per-file header decides a comparison of small images.
+A rate-conditioned run (d1_rates) is evaluated at every rate it covers (or of ``rates``, lambdas inside its range).
 A variable-rate run (paper 2) is loaded once and evaluated at every rate of ``rates`` (lambdas inside its ladder, or
 ``q=<point>``; null: 8 points log-uniform over the ladder): one row per rate, each from real bitstreams that carry
 their gain. A fixed-rate model of such a codec (``scenario.fixed_rate``) is evaluated at its own rate.
@@ -81,6 +82,8 @@ def rate_points(run: FinishedRun, rates: list[Any] | None) -> list[float | None]
     """The rate points q to evaluate a run at: [None] for a fixed-rate codec (its own rate point), the run's fixed q
     for a fixed-rate model of a variable-rate codec, else ``rates`` (lambdas or ``q=...``; default 8 log-uniform)."""
     module = run.module
+    if hasattr(module, "eval_rate"):  # one neck for every rate (d1_rates): each rate it covers, or of ``rates``
+        return [module.check_rate(float(r), "rates") for r in rates] if rates else list(module.rates)
     if not module.codec.variable_rate:
         return [None]
     if getattr(module, "fixed_q", None) is not None:
@@ -92,7 +95,9 @@ def rate_points(run: FinishedRun, rates: list[Any] | None) -> list[float | None]
 def evaluate_rate_point(run: FinishedRun, datamodule: Any, cfg: DictConfig, q: float | None = None) -> dict[str, Any]:
     """``trainer.test`` of one rate point through real bitstreams: per-path accuracy, rate, quality. ``q``: the rate
     point of a variable-rate run (its edge codes every image at gain g(q))."""
-    if q is not None:
+    if q is not None and hasattr(run.module, "eval_rate"):
+        run.module.eval_rate = q
+    elif q is not None:
         run.module.eval_q = q
     mosaic = int(cfg.get("mosaic") or 1)
     if mosaic > 1 and not hasattr(run.module, "mosaic"):
@@ -136,6 +141,8 @@ def evaluate_anchor(run: FinishedRun, datamodule: Any, name: str, quality: int, 
 def evaluate_kodak(run: FinishedRun, folder: Path, q: float | None = None) -> dict[str, Any]:
     """Full-size reconstruction quality on a folder of images (any sizes; padded and cropped). A variable-rate run
     codes at rate point q (after its edge: the pre-editor)."""
+    if hasattr(run.module, "eval_rate"):
+        raise ConfigError(f"kodak: {run.dir} is a rate-conditioned run; evaluate its codecs' quality on their own runs")
     codec = run.module.codec
     rate = run.lmbda if q is None else codec.ladder.gain(q)
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp", ".tif"))
@@ -177,7 +184,9 @@ def rows_of(
 
 def lmbda_at(run: FinishedRun, q: float | None) -> float | None:
     """The lambda a row is filed under: the run's rate point, or lambda(q) of a variable-rate ladder."""
-    return run.lmbda if q is None else run.module.codec.ladder.lmbda(q)
+    if q is None or hasattr(run.module, "eval_rate"):  # a rate-conditioned run's points are lambdas already
+        return run.lmbda if q is None else q
+    return run.module.codec.ladder.lmbda(q)
 
 
 def uncompressed_row(result: dict[str, Any]) -> dict[str, Any]:
@@ -204,11 +213,13 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         run, dm = open_rate_point(rd, cfg)
         for q in rate_points(run, list(cfg.get("rates") or [])):
             lmbda = lmbda_at(run, q)
-            console.print(f"rate point {rd} (lambda={lmbda:g}{'' if q is None else f', q={q:.4f}'})")
+            at_q = "" if q is None or hasattr(run.module, "eval_rate") else f", q={q:.4f}"
+            console.print(f"rate point {rd} (lambda={lmbda:g}{at_q})")
             r = evaluate_rate_point(run, dm, cfg, q)
             if r.get("few_shot_error"):
                 console.print(f"[yellow]skipping 5-way 1-shot: {r['few_shot_error']}[/yellow]")
-            rows += rows_of(run.module.scenario_name, r, str(rd), lmbda, "reconstruction", q)
+            q_column = None if hasattr(run.module, "eval_rate") else q
+            rows += rows_of(run.module.scenario_name, r, str(rd), lmbda, "reconstruction", q_column)
             if first is None:
                 first = (run, dm)
                 rows.append(uncompressed_row(r))

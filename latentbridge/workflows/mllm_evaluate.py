@@ -93,6 +93,11 @@ def mllm_evaluate(cfg: DictConfig) -> dict[str, Any]:
 
     for run in cfg.runs:
         loaded = load_run(str(run))  # once per run, whatever the number of rates and paths
+        if hasattr(loaded[0], "eval_rate"):
+            raise ConfigError(
+                f"runs: {run} is a rate-conditioned run (d1_rates); the lmms-eval model reads one rate point per "
+                "run: evaluate it with evaluate.py, or serve it (latentbridge-serve) and query the MLLM there"
+            )
         if getattr(loaded[0].codec, "variable_rate", False):
             for rate in cfg.get("rates") or [f"q={i / 7}" for i in range(8)]:
                 rows += evaluate_path(cfg, reader, "preedit", loaded, out_dir, rate)

@@ -14,6 +14,8 @@ interrupted one from its last.ckpt and reuses finished evaluations (evaluation.j
 Each (run, rate point) is a training job and an evaluation job of the plan's job graph, the figures and findings a
 report job (``workflows/jobs.py``), run in this process or as SLURM jobs (``launcher=``, ``workflows/launch.py``).
 
+A run with ``variable_rate: true`` (one model for every rate: paper 2's codec, or a rate-conditioned neck) is trained
+once into ``<out_dir>/<run>/vbr`` and evaluated at every ``plan.rates``.
 Paper 2's plans (``plan=mini_p2``) use the same machinery: a run with ``variable_rate: true`` is trained once into
 ``<out_dir>/<run>/vbr`` and evaluated at every ``plan.rates`` (``evaluation_lambda<lambda>.json``); a run with
 ``rates: fixed`` is one model per ``plan.fixed_rates``; ``plan.findings_module`` checks that paper's findings.
@@ -65,11 +67,12 @@ def eval_rates_of(cfg: DictConfig, spec: DictConfig, lmbda: float | None) -> lis
 
 
 def placeholders(cfg: DictConfig, lmbda: float | None) -> dict[str, Any]:
-    """What ``{...}`` in a plan's overrides may name: ``plan.vars``, ``lmbda`` and, at a rate point of paper 1's
-    released files, its index ``quality`` (1-4)."""
+    """What ``{...}`` in a plan's overrides may name: ``plan.vars``, ``lmbda``, ``rates`` (``plan.rates`` as a list)
+    and, at a rate point of paper 1's released files, its index ``quality`` (1-4)."""
     from latentbridge.codecs.published import RELEASED_LAMBDAS
 
     fields = {**(cfg.plan.get("vars") or {}), **({} if lmbda is None else {"lmbda": lmbda})}
+    fields["rates"] = "[" + ",".join(str(r) for r in cfg.plan.rates) + "]"  # a rate-conditioned run covers them all
     quality = {v: k for k, v in RELEASED_LAMBDAS.items()}.get(lmbda)
     return fields | ({"quality": quality} if quality is not None else {})
 

@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from latentbridge.core.config import hydra_quote
 from latentbridge.core.errors import ConfigError, DataError, LatentBridgeError
-from latentbridge.runs import build_scenario, scenario_uses
+from latentbridge.runs import build_scenario, codec_nodes, scenario_uses
 
 log = logging.getLogger("latentbridge")
 
@@ -46,8 +46,7 @@ def prepare_dependencies(cfg: DictConfig) -> None:
     from latentbridge.core.lease_lock import LeaseLock
     from latentbridge.workflows.assets import take_shipped
 
-    for key in scenario_uses(cfg):
-        node = cfg[key]
+    for key, node in [(k, n) for k in scenario_uses(cfg) for n in (codec_nodes(cfg) if k == "codec" else [cfg[k]])]:
         ckpt, recipe = node.get("checkpoint"), node.get("prepare")
         if not ckpt or not recipe or Path(ckpt).is_file():
             continue
@@ -148,7 +147,8 @@ def latent_cache_dir(cfg: DictConfig, datamodule: Any, module: Any) -> Path:
         "dtype": datamodule.cache_dtype,
         "weights": [module.cache_signature().get(k) for k in ("codec_weights", "vision_weights")],
     }
-    name = f"{cfg.codec.name}-lambda{cfg.codec.lmbda}"
+    rates = cfg.scenario.get("rates")
+    name = f"{cfg.codec.name}-" + (f"rates{min(rates)}-{max(rates)}" if rates else f"lambda{cfg.codec.lmbda}")
     return Path(cfg.paths.cache_dir) / "latents" / name / str(cfg.vision.model_name) / json_digest(key)
 
 
@@ -247,7 +247,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "task_name": cfg.task_name,
         "experiment": cfg.get("experiment_name"),
         "scenario": type(module).__name__,
-        "codec": {"name": cfg.codec.name, "lmbda": cfg.codec.get("lmbda")} if "codec" in uses else None,
+        "codec": codec_entry(cfg) if "codec" in uses else None,
         "vision": cfg.vision.model_name if "vision" in uses else None,
         "metrics": metrics,
         "monitor": {"metric": monitor, "mode": mode, "value": metrics.get(monitor.removeprefix("val/"))},
@@ -269,6 +269,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         print_results(results, out_dir / "results.json")
     finish_loggers(loggers)
     return results
+
+
+def codec_entry(cfg: DictConfig) -> dict[str, Any]:
+    """results.json's codec: its name and rate point, or the rates a rate-conditioned neck covers."""
+    rates = cfg.scenario.get("rates")
+    if rates:
+        return {"name": cfg.codec.name, "lmbda": None, "rates": [float(r) for r in rates]}
+    return {"name": cfg.codec.name, "lmbda": cfg.codec.get("lmbda")}
 
 
 def resume_from(cfg: DictConfig, out_dir: Path) -> str | None:
