@@ -21,7 +21,7 @@ train:  ## the main job: d1 on the offline mini setup (the mini teacher and code
 prepare:  ## rebuild the shipped mini teacher and codec (assets/mini) from their recipes and check them (~35 min)
 	$(PY) scripts/prepare_mini.py $(ARGS)
 
-reproduce-mini:  ## paper 1's Fig. 3, 4, 6(a, b, c), 8 on the mini setup: 30 runs to convergence, evaluation, plots, findings (hours on 2 cores)
+reproduce-mini:  ## paper 1's Fig. 3, 4, 6(a, b, c), 8 on the mini setup: 30 runs to convergence (+ 2 beyond the paper), evaluation, plots, findings (hours on 2 cores)
 	$(PY) reproduce.py plan=mini $(ARGS)
 
 reproduce-mini-p2:  ## paper 2 on the mini setup: one variable-rate model vs its ablations and 4 fixed-rate models (hours on 2 cores)

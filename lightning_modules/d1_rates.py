@@ -129,7 +129,7 @@ class D1RatesModule(BridgeModule):
         naming ``key``, the rate and what is covered."""
         try:
             self.coder(rate)
-            self.neck.rate_code(torch.tensor([rate]))
+            self.neck.rate_code(torch.tensor([rate], dtype=torch.float64))
         except (ValueError, ConfigError) as e:
             raise ConfigError(f"{key}: {e}") from None
         return rate

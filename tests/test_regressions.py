@@ -128,6 +128,7 @@ def test_bug4_every_key_named_in_an_error_message_applies_as_an_override(tmp_pat
         "train+p2": ["experiment=mini_p2"],
         "train+folder": ["data=image_folder"],
         "train+convergence": ["experiment=mini_d1", "callbacks=convergence"],
+        "train+rates": ["experiment=mini_d1_rates"],
         "evaluate": [],
         "reproduce": [],
         "reproduce+slurm": ["launcher=slurm"],

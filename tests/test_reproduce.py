@@ -243,3 +243,13 @@ def test_paper2_findings_say_yes_no_or_not_measured_on_synthetic_rows():
     assert verdicts["F2"] is True  # higher everywhere, and the paired interval excludes 0
     assert verdicts["F3"] is False  # the model without the editor is better
     assert verdicts["F4"] is None and verdicts["F5"] is None  # no such rows / no anchors
+
+
+def test_a_report_only_rerun_reports_its_own_time_not_a_negative_one(tmp_path):
+    """A rerun whose runs are all finished only reports: its wall time is that report's, never the previous
+    launch's end subtracted from the new start (it printed "wall time: -208 s")."""
+    cfg = _cfg(tmp_path, "only=[d1]", "plan.rates=[0.0018]")
+    first = _run(cfg)
+    again = _run(cfg)
+    assert first["wall_time_s"]["train"] > 0 and again["wall_time_s"]["train"] == 0
+    assert 0 <= again["wall_time_s"]["total"] < first["wall_time_s"]["total"]

@@ -207,7 +207,9 @@ class PlanJob:
         cfg = OmegaConf.create(self.cfg)
         if not logging.getLogger().handlers:  # a job process of its own: its log file shows the progress
             logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
-        self._record(state="RUNNING", started=time.time(), host=socket.gethostname(), pid=os.getpid())
+        # ended=None: a rerun's record must not keep the previous run's end (a report-only rerun printed a negative
+        # wall time from it)
+        self._record(state="RUNNING", started=time.time(), ended=None, host=socket.gethostname(), pid=os.getpid())
         try:
             with hydra_context():
                 result = run_job(cfg, self.job)
