@@ -208,3 +208,20 @@ def test_the_complexity_report_counts_one_conditioned_neck_and_one_members_decod
         p.numel() for p in build_codec("mini", arch={"N": 48, "M": 64}).model.g_s.parameters()
     )
     assert rows["transform-neck"].macs > 0
+
+
+def test_a_familys_checkpoints_and_preparation_follow_each_rate(tmp_path):
+    """``codec.checkpoint='/ckpt/elic_${codec.lmbda}.pt'`` names the paper's four ELICs; the mini's recipe prepares
+    each missing member at its own rate."""
+    from latentbridge.runs import codec_nodes
+
+    with hydra_cfg(["experiment=paper_d1_rates", "codec.checkpoint=/ckpt/elic_${codec.lmbda}.pt"], tmp_path) as cfg:
+        assert [n.checkpoint for n in codec_nodes(cfg)] == [f"/ckpt/elic_{r}.pt" for r in (0.004, 0.008, 0.016, 0.032)]
+    with hydra_cfg(["experiment=mini_d1_rates"], tmp_path) as cfg:
+        nodes = codec_nodes(cfg)
+        assert [n.checkpoint.rsplit("/", 1)[1] for n in nodes] == [
+            f"mini_s8_lambda{r}.pt" for r in (0.0001, 0.0002, 0.0004, 0.0008)
+        ]
+        assert [list(n.prepare) for n in nodes][1] == ["experiment=mini_codec", "codec.lmbda=0.0002"]
+    with hydra_cfg(["experiment=mini_d1_rates_vbr"], tmp_path) as cfg:
+        assert [n.checkpoint for n in codec_nodes(cfg)] == [cfg.codec.checkpoint]  # one variable-rate model

@@ -9,6 +9,7 @@ import json
 import os
 
 import pytest
+import torch
 from helpers.config import CONF, ROOT
 
 from latentbridge.core.errors import ConfigError
@@ -178,3 +179,21 @@ def test_no_rank_of_a_multi_process_launch_trains_a_missing_teacher_or_codec(tmp
         prepare_dependencies(cfg)
     assert "is missing and this is one of 2 processes launched together" in str(err.value)
     assert str(err.value).split(":")[0] in ("codec.checkpoint", "vision.checkpoint")
+
+
+def test_a_job_process_takes_the_launchers_threads_per_job():
+    from omegaconf import OmegaConf
+
+    from latentbridge.core.errors import ConfigError
+    from latentbridge.workflows.jobs import job_threads
+
+    before = torch.get_num_threads()
+    try:
+        job_threads(OmegaConf.create({"launcher": {"name": "submitit_local", "threads_per_job": 1}}))
+        assert torch.get_num_threads() == 1
+        job_threads(OmegaConf.create({"launcher": {"name": "local"}}))  # unset: left as it is
+        assert torch.get_num_threads() == 1
+        with pytest.raises(ConfigError, match="launcher.threads_per_job: 0 is not a number of threads"):
+            job_threads(OmegaConf.create({"launcher": {"threads_per_job": 0}}))
+    finally:
+        torch.set_num_threads(before)

@@ -287,3 +287,17 @@ def test_a_neck_for_another_tower_or_codec_is_served_like_the_vit_one(experiment
         y_hat, _ = B.decode_latent(service.module.codec, data, service.lmbda)
         with torch.no_grad():
             assert torch.equal(got, routes.neck(service.parts["neck"], y_hat))
+
+
+def test_a_per_rate_run_refuses_a_stream_of_another_rate_from_its_header(served):
+    """One neck per rate (paper 1): a stream of the same codec at another rate point is a one-line 400 before any
+    entropy decoding (a rate-conditioned run answers every rate it covers: tests/test_d1_rates.py)."""
+    from latentbridge.codecs.adapter import build_codec
+
+    service, client = served
+    codec = service.module.codec
+    other = build_codec(codec.name, arch=codec.arch, lmbda=2 * service.lmbda).eval()
+    other.update_tables()
+    response = client.post("/v1/latent", content=B.encode_image(other, torch.rand(1, 3, 32, 32), 2 * service.lmbda))
+    assert response.status_code == 400
+    assert f"this decoder is lambda={service.lmbda:.6g}" in response.json()["error"]

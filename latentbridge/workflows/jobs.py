@@ -205,6 +205,7 @@ class PlanJob:
         from lightning_modules.resume import Preempted
 
         cfg = OmegaConf.create(self.cfg)
+        job_threads(cfg)
         if not logging.getLogger().handlers:  # a job process of its own: its log file shows the progress
             logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
         # ended=None: a rerun's record must not keep the previous run's end (a report-only rerun printed a negative
@@ -226,6 +227,20 @@ class PlanJob:
             raise
         self._record(state="COMPLETED", ended=time.time(), error=None)
         return result
+
+
+def job_threads(cfg: DictConfig) -> None:
+    """``launcher.threads_per_job``: the intra-op threads of a job process (null: torch's default, every core). On a
+    CPU machine ``max_parallel`` x ``threads_per_job`` = its cores: two one-thread jobs side by side trained 1.47x as
+    many steps per second as one two-thread job on 2 cores (README "Mini reproduction")."""
+    threads = (cfg.get("launcher") or {}).get("threads_per_job")
+    if threads is None:
+        return
+    if int(threads) < 1:
+        raise ConfigError(f"launcher.threads_per_job: {threads} is not a number of threads (>= 1, or null)")
+    import torch
+
+    torch.set_num_threads(int(threads))
 
 
 def run_job(cfg: DictConfig, job: Job) -> Any:
