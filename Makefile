@@ -21,11 +21,14 @@ train:  ## the main job: d1 on the offline mini setup (the mini teacher and code
 prepare:  ## rebuild the shipped mini teacher and codec (assets/mini) from their recipes and check them (~35 min)
 	$(PY) scripts/prepare_mini.py $(ARGS)
 
+# the mini plans: two jobs at a time, each with half the cores (two one-thread jobs on 2 cores: 1.43x one at a time)
+PLAN_JOBS := launcher=submitit_local launcher.max_parallel=2 launcher.threads_per_job=$(shell echo $$(( ($$(nproc) + 1) / 2 )))
+
 reproduce-mini:  ## paper 1's Fig. 3, 4, 6(a, b, c), 8 on the mini setup: 30 runs to convergence (+ 2 beyond the paper), evaluation, plots, findings (hours on 2 cores)
-	$(PY) reproduce.py plan=mini $(ARGS)
+	$(PY) reproduce.py plan=mini $(PLAN_JOBS) $(ARGS)
 
 reproduce-mini-p2:  ## paper 2 on the mini setup: one variable-rate model vs its ablations and 4 fixed-rate models (hours on 2 cores)
-	$(PY) reproduce.py plan=mini_p2 $(ARGS)
+	$(PY) reproduce.py plan=mini_p2 $(PLAN_JOBS) $(ARGS)
 
 test:  ## fast tests (< 10 min on 2 cores)
 	$(PY) -m pytest -q $(ARGS)
