@@ -132,6 +132,7 @@ def test_bug4_every_key_named_in_an_error_message_applies_as_an_override(tmp_pat
         "evaluate": [],
         "reproduce": [],
         "reproduce+slurm": ["launcher=slurm"],
+        "reproduce+local": ["launcher=submitit_local"],
         "mllm_evaluate": [],
         "serve": [],
     }
