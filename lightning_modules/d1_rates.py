@@ -10,7 +10,7 @@ Two kinds of codec:
 The rate drawn for a step depends only on the step (``rate_seed``): a resumed run, and every DDP rank, draws the same.
 Validation runs every image at every rate of ``rates``: ``val/top1_neck`` (the checkpoint monitor) is the mean over
 rates, ``val/top1_neck_lambda<r>`` each rate's. The test (evaluate.py) codes real bitstreams at ``eval_rate``; the
-neck reads the rate from the stream's header, as the server does (``stream_rate``).
+neck reads the rate from the stream's header, as the server does (``stream_coder``).
 """
 
 from __future__ import annotations
@@ -115,14 +115,11 @@ class D1RatesModule(BridgeModule):
         gain = self.coder(rate)[1]
         return rate if gain is None else gain
 
-    def stream_coder(self, header: Bitstream) -> tuple[CodecAdapter, float | None]:
-        """The codec that decodes a stream and the rate point it is checked against, from its header; a rate this
-        run does not cover is a ``BitstreamError`` naming it (``codecs/family.stream_coder``)."""
-        return stream_coder(self.codec, header, self.neck.rate_range)[:2]
-
-    def stream_rate(self, header: Bitstream) -> float:
-        """The rate (lambda) a header stands for: what the neck is told, here and on the server."""
-        return stream_coder(self.codec, header, self.neck.rate_range)[2]
+    def stream_coder(self, header: Bitstream) -> tuple[CodecAdapter, float | None, float]:
+        """From a checked header alone: the codec that decodes the stream, the rate point it is checked against and
+        the rate (lambda) the neck is told, here and on the server; a rate this run does not cover is a
+        ``BitstreamError`` naming it (``codecs/family.stream_coder``)."""
+        return stream_coder(self.codec, header, self.neck.rate_range)
 
     def check_rate(self, rate: float, key: str) -> float:
         """``rate`` if this run covers it (a family's rate point, or inside the trained range); else a ConfigError
@@ -216,10 +213,9 @@ class D1RatesModule(BridgeModule):
         streams, coded = encode_batch(codec, x, self.header_rate(self.eval_rate))
         decoded, rates = [], []
         for s in streams:
-            header = Bitstream.from_bytes(s)
-            coder, lmbda = self.stream_coder(header)
+            coder, lmbda, rate = self.stream_coder(Bitstream.from_bytes(s))
             decoded.append(decode_latent(coder, s, lmbda)[0])
-            rates.append(self.stream_rate(header))
+            rates.append(rate)
         y_hat = torch.cat(decoded).to(x.device)
         x_hat = codec.synthesize(y_hat)
         embeddings = {

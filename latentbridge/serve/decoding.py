@@ -101,8 +101,8 @@ class DecodePool:
         bpp = bits_per_pixel_of(data, header.height, header.width)
         if not self.service.rate_conditioned:
             return Decoded(torch.from_numpy(y_hat), header, len(data), bpp)
-        codec = self.service.module.stream_coder(header)[0]  # the header alone (checked in the worker)
-        return Decoded(torch.from_numpy(y_hat), header, len(data), bpp, codec, self.service.module.stream_rate(header))
+        codec, _, rate = self.service.module.stream_coder(header)  # the header alone (checked in the worker)
+        return Decoded(torch.from_numpy(y_hat), header, len(data), bpp, codec, rate)
 
     def warm_up(self) -> None:
         """Start every worker now (spawning takes seconds), not on the first requests."""

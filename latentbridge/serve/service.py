@@ -2,10 +2,10 @@
 
 A ``Service`` holds one finished run (``open_run``: codec, transform-neck, encoder from block k) on a device:
 
-- ``decode``: bytes -> y_hat through the hardened decoder (a rate-conditioned run, d1_rates: the header's rate picks
-  the codec that decodes it, a family member or the variable-rate codec, and a rate outside the neck's is refused
-  before entropy decoding) (``codecs/bitstream.py``: a one-line ``BitstreamError``
-  for anything that is not this codec's stream, never a crash), optionally authenticated, and only for an image the
+- ``decode``: bytes -> y_hat through the hardened decoder (``codecs/bitstream.py``: a one-line ``BitstreamError``
+  for anything that is not this codec's stream, never a crash; for a rate-conditioned run, d1_rates, the header's
+  rate picks the codec, a family member or the variable-rate codec, and a rate outside the neck's is refused before
+  entropy decoding), optionally authenticated, and only for an image the
   path can take (``accepts``): the transform-neck was trained for one latent grid, so the neck path takes exactly
   the run's image size, checked on the header before any entropy decoding; the pixel path takes any size up to
   ``max_pixels``;
@@ -131,13 +131,10 @@ class Service:
         """Bytes -> y_hat for ``path`` (hardened; ``BitstreamError`` on bad input, and for a header that ``path``
         cannot take, before entropy decoding)."""
         accepts = self.accepts.get(path) or Accepts(self.max_pixels)
-        module, rate = self.module, None
-        codec, lmbda = module.codec, self.lmbda
+        codec, lmbda, rate = self.module.codec, self.lmbda, None
         if self.rate_conditioned:  # the header names the rate: its codec, refused outside the neck's rates
-            codec, lmbda = module.stream_coder(Bitstream.from_bytes(data, self.key))
+            codec, lmbda, rate = self.module.stream_coder(Bitstream.from_bytes(data, self.key))
         y_hat, header = decode_latent(codec, data, lmbda, self.max_pixels, self.key, accepts.check)
-        if self.rate_conditioned:
-            rate = module.stream_rate(header)
         bpp = bits_per_pixel_of(data, header.height, header.width)
         return Decoded(y_hat, header, len(data), bpp, codec, rate)
 
