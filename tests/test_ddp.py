@@ -166,3 +166,16 @@ def test_two_processes_preempted_mid_epoch_resume_to_exactly_the_weights_of_the_
     assert not differ, f"{len(differ)} of {len(a['state_dict'])} tensors differ, e.g. {differ[:3]}"
     states = next(v for k, v in mid["callbacks"].items() if "ExactResume" in k)["rng_per_rank"]
     assert len(states) == 2 and not torch.equal(states[0]["torch"], states[1]["torch"])  # each rank its own
+
+
+@pytest.mark.slow
+def test_two_nodes_train_one_neck_for_every_rate_as_one_process_does(tmp_path):
+    """d1_rates from a codec family's latent cache: every rank draws the same member at each step (a function of the
+    step), so 2 nodes x batch 8 end at the weights of one process with batch 16 (ranks drawing different rates would
+    average gradients of different members and differ)."""
+    common = [*TINY_D1, "experiment=mini_d1_rates", "scenario.rates=[0.0001,0.0004]", "data.cache=true",
+              "data.train_size=64", "data.val_size=40", "+trainer.num_sanity_val_steps=0"]  # fmt: skip
+    single = _train(tmp_path / "single", [*common, "data.batch_size=16"])
+    double = _train(tmp_path / "nodes", [*common, "data.batch_size=8"], nodes=2)
+    _same_weights(single, double)
+    assert any(k.startswith("neck.film.") for k in single["state_dict"])
