@@ -225,3 +225,32 @@ def test_a_familys_checkpoints_and_preparation_follow_each_rate(tmp_path):
         assert [list(n.prepare) for n in nodes][1] == ["experiment=mini_codec", "codec.lmbda=0.0002"]
     with hydra_cfg(["experiment=mini_d1_rates_vbr"], tmp_path) as cfg:
         assert [n.checkpoint for n in codec_nodes(cfg)] == [cfg.codec.checkpoint]  # one variable-rate model
+
+
+@pytest.mark.slow
+def test_a_variable_rate_run_killed_mid_epoch_resumes_to_the_weights_of_the_run_left_alone(tmp_path):
+    """The rate drawn for a step is a function of the step: kill -9 in the second epoch, resume from last.ckpt, and the
+    neck ends exactly where the uninterrupted run did (every step at the rate it would have had)."""
+    import os
+
+    from latentbridge.core.config import hydra_quote
+
+    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'tests'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    overrides = [*VBR, "data.batch_size=8", "trainer.max_epochs=3"]  # 8 steps per epoch
+
+    def train(name, *extra):
+        run_dir = tmp_path / name
+        paths = [f"paths.output_dir={hydra_quote(run_dir)}", f"paths.cache_dir={hydra_quote(tmp_path / 'cache')}"]
+        cmd = [sys.executable, str(ROOT / "train.py"), *overrides, *paths, *extra]
+        return subprocess.run(cmd, env=env, capture_output=True, text=True), run_dir
+
+    done, alone = train("alone")
+    assert done.returncode == 0, done.stderr[-2000:]
+    killer = ["+callbacks.kill._target_=helpers.interrupt.SignalAt", "+callbacks.kill.step=13"]
+    killed, run_dir = train("resumed", *killer)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    resumed, _ = train("resumed", f"ckpt_path={hydra_quote(run_dir / 'checkpoints' / 'last.ckpt')}")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    a, b = (torch.load(d / "checkpoints" / "last.ckpt", weights_only=True) for d in (alone, run_dir))
+    assert a["global_step"] == b["global_step"] == 24
+    assert [k for k in a["state_dict"] if not torch.equal(a["state_dict"][k], b["state_dict"][k])] == []

@@ -186,3 +186,20 @@ def test_a_finished_fit_leaves_the_signal_handlers_it_found_and_frees_its_model(
     assert {sig: signal.getsignal(sig) for sig in before} == before
     gc.collect()
     assert modules and all(m() is None for m in modules), "the finished run's model is still referenced"
+
+
+def test_last_ckpt_is_the_newest_state_when_the_monitored_metric_stops_improving(tmp_path):
+    """Lightning >= 2.6 writes last.ckpt only with a new top-k file: a tiny d1 run (random teacher: top-1 on a
+    plateau after epoch 0) ended with last.ckpt at step 8 of 24, and a run killed later resumed from there.
+    ``LastCheckpoint`` keeps it the newest state; results.json names it."""
+    import json
+
+    from helpers.config import TINY_D1
+
+    overrides = [*TINY_D1, "trainer.max_epochs=3", "data.train_size=64", "data.batch_size=8", "data.val_size=40"]
+    with hydra_cfg(overrides, tmp_path) as cfg:
+        results = train_run(cfg)
+    step, _ = _weights(tmp_path / "run")
+    assert step == results["steps"] == 24
+    saved = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert saved["last_checkpoint"].endswith("last.ckpt") and saved["best_checkpoint"].endswith(".ckpt")

@@ -236,6 +236,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     convergence = converging.summary(trainer) if converging is not None else None
     checkpoint_cb = next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), None)
     best = checkpoint_cb.best_model_path if checkpoint_cb and checkpoint_cb.best_model_path else None
+    last = checkpoint_cb.last_model_path or None if checkpoint_cb else None  # before validate restores best's state
     metrics: dict[str, float] = {}
     if cfg.get("final_eval", True):
         validated = trainer.validate(module, datamodule=datamodule, ckpt_path=best, verbose=False, weights_only=True)
@@ -254,7 +255,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "epochs": trainer.current_epoch,
         "steps": trainer.global_step,
         "best_checkpoint": best,
-        "last_checkpoint": checkpoint_cb.last_model_path if checkpoint_cb else None,
+        "last_checkpoint": last,
         "run_dir": str(out_dir.resolve()),
         "wall_time_s": round(time.time() - started, 1),
     }
