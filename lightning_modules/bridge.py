@@ -380,17 +380,29 @@ class BridgeModule(NetAuxOptimization):
         if "label" not in batch:
             return
         x = batch["image"]
-        lmbda = self.codec.lmbda
-        streams, coded = encode_batch(self.codec, x, lmbda)  # one network pass: bytes and the estimated rate
-        y_hat = torch.cat([decode_latent(self.codec, s, lmbda)[0] for s in streams]).to(x.device)
+        codec, header_rate = self.edge_coding()
+        streams, coded = encode_batch(codec, x, header_rate)  # one network pass: bytes and the estimated rate
+        served = [self.server_latent(s) for s in streams]
+        y_hat = torch.cat([y for y, _ in served]).to(x.device)
+        rates = None if served[0][1] is None else torch.tensor([r for _, r in served], dtype=torch.float64)
         bits_est = bits_per_image(coded.likelihoods)
-        x_hat = self.codec.synthesize(y_hat)
+        x_hat = codec.synthesize(y_hat)
         embeddings = {
-            "method": self.method_embedding(y_hat),
+            "method": self.method_embedding(y_hat, None if rates is None else rates.to(x.device)),
             "reconstruction": routes.decoded_image(self, x_hat),
             "uncompressed": self.teacher_embedding(batch["teacher_image"]),
         }
         self.evaluation.update(batch, embeddings, self.text_emb, [len(s) for s in streams], x_hat, bits_est)
+
+    def edge_coding(self) -> tuple[CodecAdapter, float | None]:
+        """What the edge codes the test images with: the codec and its header's rate (d1-d3: the run's codec at its
+        rate point)."""
+        return self.codec, self.codec.lmbda
+
+    def server_latent(self, stream: bytes) -> tuple[Tensor, float | None]:
+        """The server's side of one stream, from its bytes alone: y_hat, and the rate its neck is told (None: a neck
+        of one rate)."""
+        return decode_latent(self.codec, stream, self.codec.lmbda)[0], None
 
     def on_test_epoch_end(self) -> None:
         self.test_results = self.evaluation.compute()

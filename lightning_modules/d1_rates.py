@@ -27,7 +27,7 @@ from torchmetrics import MeanMetric
 
 from latentbridge import routes
 from latentbridge.codecs.adapter import CodecAdapter, bits_per_image
-from latentbridge.codecs.bitstream import Bitstream, decode_latent, encode_batch
+from latentbridge.codecs.bitstream import Bitstream, decode_latent
 from latentbridge.codecs.family import CodecFamily, stream_coder
 from latentbridge.core.errors import ConfigError
 from latentbridge.metrics.image_quality import psnr
@@ -109,11 +109,6 @@ class D1RatesModule(BridgeModule):
         if self.family:
             return self.codec.member(rate), None
         return self.codec, self.codec.ladder.gain(self.codec.ladder.q(rate))
-
-    def header_rate(self, rate: float) -> float:
-        """What a stream coded at ``rate`` carries in its header: lambda (family) or the gain g."""
-        gain = self.coder(rate)[1]
-        return rate if gain is None else gain
 
     def stream_coder(self, header: Bitstream) -> tuple[CodecAdapter, float | None, float]:
         """From a checked header alone: the codec that decodes the stream, the rate point it is checked against and
@@ -200,31 +195,16 @@ class D1RatesModule(BridgeModule):
             out[k] = torch.stack([out[f"{k}_{rate_tag(r)}"].float() for r in self.rates]).mean(0)
         return out
 
-    # -- test: real bitstreams at eval_rate (evaluate.py sets it) -------------------------------------------
-    @torch.no_grad()
-    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        """Edge: x coded at ``eval_rate`` (its member, or the gain). Server: the bytes alone -> the header's codec and
-        rate -> y_hat -> the neck conditioned on that rate."""
-        self._count_skipped(batch)
-        if "label" not in batch:
-            return
-        x = batch["image"]
+    # -- test: real bitstreams at eval_rate (evaluate.py sets it), through BridgeModule.test_step ---------------
+    def edge_coding(self) -> tuple[CodecAdapter, float]:
+        """The edge codes at ``eval_rate``: its family member and lambda, or the variable-rate codec and g(q)."""
         codec, gain = self.coder(self.eval_rate)
-        streams, coded = encode_batch(codec, x, self.header_rate(self.eval_rate))
-        decoded, rates = [], []
-        for s in streams:
-            coder, lmbda, rate = self.stream_coder(Bitstream.from_bytes(s))
-            decoded.append(decode_latent(coder, s, lmbda)[0])
-            rates.append(rate)
-        y_hat = torch.cat(decoded).to(x.device)
-        x_hat = codec.synthesize(y_hat)
-        embeddings = {
-            "method": self.method_embedding(y_hat, torch.tensor(rates, dtype=torch.float64, device=x.device)),
-            "reconstruction": routes.decoded_image(self, x_hat),
-            "uncompressed": self.teacher_embedding(batch["teacher_image"]),
-        }
-        self.evaluation.update(batch, embeddings, self.text_emb, [len(s) for s in streams], x_hat,
-                               bits_per_image(coded.likelihoods))  # fmt: skip
+        return codec, self.eval_rate if gain is None else gain
+
+    def server_latent(self, stream: bytes) -> tuple[Tensor, float]:
+        """The header names the codec and the rate (as on the server); y_hat from the bytes, and that rate."""
+        codec, lmbda, rate = self.stream_coder(Bitstream.from_bytes(stream))
+        return decode_latent(codec, stream, lmbda)[0], rate
 
 
 __all__ = ["D1RatesModule", "rate_tag"]
