@@ -3,7 +3,7 @@ PY ?= .venv/bin/python
 PIP ?= .venv/bin/pip
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install system-deps train prepare reproduce-mini reproduce-mini-p2 test test-slow test-gpu test-all lint format clean
+.PHONY: install system-deps train prepare reproduce-mini reproduce-mini-full reproduce-mini-p2 test test-slow test-gpu test-all lint format clean
 
 system-deps:  ## Debian packages: the mini dataset (needs root; skipped when already installed)
 	@if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then \
@@ -24,8 +24,11 @@ prepare:  ## rebuild the shipped mini teacher and codec (assets/mini) from their
 # the mini plans: two jobs at a time, each with half the cores (two one-thread jobs on 2 cores: 1.43x one at a time)
 PLAN_JOBS := launcher=submitit_local launcher.max_parallel=2 launcher.threads_per_job=$(shell echo $$(( ($$(nproc) + 1) / 2 )))
 
-reproduce-mini:  ## paper 1's Fig. 3, 4, 6(a, b, c), 8 on the mini setup: 30 runs to convergence (+ 2 beyond the paper), evaluation, plots, findings (hours on 2 cores)
+reproduce-mini:  ## paper 1's six findings on the mini setup (Fig. 3, 4, 6(a, b)): 24 runs to convergence, evaluation, plots, findings
 	$(PY) reproduce.py plan=mini $(PLAN_JOBS) $(ARGS)
+
+reproduce-mini-full:  ## reproduce-mini + the rows beyond its findings (Fig. 6(c), Fig. 8, token distillation, one neck for every rate)
+	$(PY) reproduce.py plan=mini_full $(PLAN_JOBS) $(ARGS)
 
 reproduce-mini-p2:  ## paper 2 on the mini setup: one variable-rate model vs its ablations and 4 fixed-rate models (hours on 2 cores)
 	$(PY) reproduce.py plan=mini_p2 $(PLAN_JOBS) $(ARGS)
