@@ -253,3 +253,30 @@ def test_a_report_only_rerun_reports_its_own_time_not_a_negative_one(tmp_path):
     again = _run(cfg)
     assert first["wall_time_s"]["train"] > 0 and again["wall_time_s"]["train"] == 0
     assert 0 <= again["wall_time_s"]["total"] < first["wall_time_s"]["total"]
+
+
+def test_mini_full_extends_plan_mini_into_its_out_dir_with_the_same_trainings(tmp_path):
+    """``make reproduce-mini`` runs the six findings' 24 runs alone (the budgeted plan); ``plan=mini_full`` adds the
+    rows beyond them and must find plan=mini's finished runs: same out_dir, and every run of plan=mini composed to
+    the same train.py overrides (so the same run directory and the same training)."""
+    from hydra import compose, initialize_config_dir
+
+    from latentbridge.core.config import register_resolvers
+
+    register_resolvers()
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        mini, full = (
+            compose("reproduce", overrides=[f"plan={p}", f"paths.log_dir={tmp_path}", "paths.output_dir=."])
+            for p in ("mini", "mini_full")
+        )
+    assert sorted(mini.plan.runs) == sorted(
+        ["d1", "d2", "d3", "post_processing", "ce_only", "dist_only", "skip1", "skip4"]
+    )
+    assert sorted(set(full.plan.runs) - set(mini.plan.runs)) == sorted(
+        ["token_distillation", "d1_convnext", "d1_tcm", "d1_rates", "d1_rates_total"]
+    )
+    assert full.out_dir == mini.out_dir == f"{tmp_path}/reproduce/mini"
+    for run, lmbda in reproduce.trainings(mini):
+        assert reproduce.run_overrides(full, run, lmbda) == reproduce.run_overrides(mini, run, lmbda)
+    assert set(mini.plan.figures) < set(full.plan.figures)
+    assert mini.plan.findings == full.plan.findings

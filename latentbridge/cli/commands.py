@@ -4,7 +4,7 @@ overrides and runs one workflow under ``run_cli``; nothing is imported until the
 
     latentbridge-train [experiment=...] [key=value ...]          # latentbridge.workflows.train.run
     latentbridge-evaluate sweep=<multirun dir> | 'runs=[...]'    # latentbridge.workflows.evaluate.evaluate
-    latentbridge-reproduce [plan=mini|paper|tiny] [launcher=slurm] [--dry-run]  # latentbridge.workflows.reproduce
+    latentbridge-reproduce [plan=mini|mini_full|paper|tiny] [launcher=slurm] [--dry-run]  # workflows.reproduce
     latentbridge-complexity [experiment=...]                     # latentbridge.analysis.complexity.complexity
     latentbridge-mllm-evaluate 'runs=[...]' 'tasks=[...]'        # latentbridge.workflows.mllm_evaluate
     latentbridge-serve run=<run dir> [port=8000]                 # latentbridge.serve.main.serve
