@@ -24,10 +24,10 @@ prepare:  ## rebuild the shipped mini teacher and codec (assets/mini) from their
 # the mini plans: two jobs at a time, each with half the cores (two one-thread jobs on 2 cores: 1.43x one at a time)
 PLAN_JOBS := launcher=submitit_local launcher.max_parallel=2 launcher.threads_per_job=$(shell echo $$(( ($$(nproc) + 1) / 2 )))
 
-reproduce-mini:  ## paper 1's six findings on the mini setup (Fig. 3, 4, 6(a, b)): 24 runs to convergence, evaluation, plots, findings
+reproduce-mini:  ## paper 1's six findings on the mini setup (Fig. 3, 4, 6(a, b)): 24 runs to convergence, evaluation, plots, findings; 59 min measured on 2 cores
 	$(PY) reproduce.py plan=mini $(PLAN_JOBS) $(ARGS)
 
-reproduce-mini-full:  ## reproduce-mini + the rows beyond its findings (Fig. 6(c), Fig. 8, token distillation, one neck for every rate)
+reproduce-mini-full:  ## reproduce-mini + the rows beyond its findings (Fig. 6(c), Fig. 8, token distillation, one neck for every rate); 37 min more
 	$(PY) reproduce.py plan=mini_full $(PLAN_JOBS) $(ARGS)
 
 reproduce-mini-p2:  ## paper 2 on the mini setup: one variable-rate model vs its ablations and 4 fixed-rate models (hours on 2 cores)
