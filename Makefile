@@ -30,7 +30,7 @@ reproduce-mini:  ## paper 1's six findings on the mini setup (Fig. 3, 4, 6(a, b)
 reproduce-mini-full:  ## reproduce-mini + the rows beyond its findings (Fig. 6(c), Fig. 8, token distillation, one neck for every rate); 37 min more
 	$(PY) reproduce.py plan=mini_full $(PLAN_JOBS) $(ARGS)
 
-reproduce-mini-p2:  ## paper 2 on the mini setup: one variable-rate model vs its ablations and 4 fixed-rate models (hours on 2 cores)
+reproduce-mini-p2:  ## paper 2 on the mini setup: one variable-rate model vs its ablations and 4 fixed-rate models; 40 min measured on 2 cores
 	$(PY) reproduce.py plan=mini_p2 $(PLAN_JOBS) $(ARGS)
 
 test:  ## fast tests (< 10 min on 2 cores)
